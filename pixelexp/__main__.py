@@ -1,0 +1,3 @@
+from pixelexp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""Settings of one run: frozen dataclasses, YAML loading, dotted overrides.
+
+A run's settings come in layers, each a flat dict of dotted keys ("train.lr"):
+the dataclass defaults, an experiment file's `base`, one of its `variants`, then
+command-line overrides such as `train.lr=3e-4`. Every key is checked against the
+dataclasses below; a bad one stops everything before any run starts, with one line
+that names where it came from, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from pixelexp.errors import ConfigError
+
+
+def opt(default, *, help: str, choices: tuple | Callable[[], tuple] | None = None,
+        min: float | None = None, max: float | None = None, min_exclusive: bool = False):
+    """A setting with its help text and the values it allows."""
+    meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive)
+    return field(default=default, metadata=meta)
+
+
+def _dataset_names() -> tuple:
+    from pixelexp.data import DATASETS
+    return tuple(DATASETS)
+
+
+def _model_names() -> tuple:
+    from pixelexp.models import MODELS
+    return tuple(MODELS)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = opt("mnist", help="dataset", choices=_dataset_names)
+    root: str | None = opt(None, help="folder with the data files (default: $PIXELEXP_DATA or data/)")
+    binarize: str = opt("fixed", help="how 2-level data is made from 8-bit pixels",
+                        choices=("fixed", "dynamic", "threshold", "none"))
+    levels: int = opt(2, help="values per subpixel (2: binary, 256: 8-bit)", min=2, max=256)
+    train_limit: int | None = opt(None, help="use at most this many training images", min=1)
+    val_size: int = opt(5000, help="images carved from train for validation", min=0)
+    test_limit: int | None = opt(None, help="use at most this many test images", min=1)
+    seed: int = opt(0, help="seed of the validation split and of fixed binarization", min=0)
+
+    def resolved_root(self) -> Path:
+        return Path(self.root or os.environ.get("PIXELEXP_DATA") or "data")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = opt("pixel_rnn", help="model", choices=_model_names)
+    hidden_dims: int = opt(16, help="features per layer (h)", min=1)
+    recurrent_length: int = opt(7, help="number of masked / LSTM layers", min=1)
+    out_hidden_dims: int = opt(32, help="features of the 1x1 output layers", min=1)
+    out_recurrent_length: int = opt(2, help="number of ReLU + 1x1 output layers", min=0)
+    use_residual: bool = opt(True, help="residual connections around each layer")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = opt(10, help="passes over the training set", min=1)
+    batch_size: int = opt(100, help="training batch size", min=1)
+    eval_batch_size: int = opt(500, help="batch size for val/test evaluation", min=1)
+    lr: float = opt(1e-3, help="learning rate", min=0.0, min_exclusive=True)
+    optimizer: str = opt("rmsprop", help="optimizer", choices=("rmsprop", "adam"))
+    grad_clip: float = opt(1.0, help="clip the gradient norm to this (0: no clipping)", min=0.0)
+    seed: int = opt(0, help="seed of weights, data order and sampling", min=0)
+    device: str = opt("auto", help="where to train", choices=("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    sample_every: int = opt(5, help="log a sample grid every N epochs (0: only at the end)", min=0)
+    sample_count: int = opt(64, help="images in each sample grid", min=1, max=1024)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """{"train.lr": 0.001, ...}: the form MLflow params take."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def replace(self, **dotted: Any) -> "Config":
+        """A copy with some dotted keys changed (checked like any other layer)."""
+        return resolve([self.flat(), dotted], ["defaults", "replace()"])
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def known_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _field(key: str) -> dataclasses.Field:
+    section, name = key.split(".", 1)
+    return {f.name: f for f in dataclasses.fields(SECTIONS[section])}[name]
+
+
+# ---------------------------------------------------------------------------- parsing
+
+def flatten(tree: Any, where: str, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} and {"train.lr": 1} both give {"train.lr": 1}."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings{' under ' + repr(prefix) if prefix else ''}, "
+                          f"got {type(tree).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, where, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """["train.lr=3e-4", "model.use_residual=false"] -> {"train.lr": "3e-4", ...}.
+
+    Values stay strings here; `resolve` converts them to each key's type.
+    """
+    out = {}
+    for a in args:
+        key, sep, value = a.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"command line: expected KEY=VALUE, got {a!r} "
+                              f"(for example train.lr=3e-4)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _type_of(key: str) -> tuple[type, bool]:
+    """(base type, whether None is allowed) of a key's annotation."""
+    hints = typing.get_type_hints(SECTIONS[key.split(".")[0]])
+    t = hints[key.split(".", 1)[1]]
+    args = typing.get_args(t)
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return t, False
+
+
+_NULLS = {"none", "null", "~", ""}
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True,
+          "false": False, "no": False, "off": False, "0": False}
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    base, nullable = _type_of(key)
+    bad = lambda what: ConfigError(f"{where}: {key}={value!r} is {what}")  # noqa: E731
+    if value is None or (nullable and isinstance(value, str) and value.strip().lower() in _NULLS):
+        if nullable:
+            return None
+        raise bad(f"not allowed to be empty; give a {base.__name__}")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        raise bad("not a boolean; use true or false")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise bad("not an integer" + (" (null is allowed)" if nullable else ""))
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad("not a number")
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise bad("not a string")
+    raise AssertionError(f"unhandled type {base} for {key}")
+
+
+def _check_range(key: str, value: Any, where: str) -> None:
+    meta = _field(key).metadata
+    choices = meta.get("choices")
+    if callable(choices):
+        choices = choices()
+    if choices is not None and value not in choices:
+        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{where}: {key}={value!r} is not allowed{hint}; "
+                          f"choose one of: {', '.join(map(str, choices))}")
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+        op = ">" if meta.get("min_exclusive") else ">="
+        raise ConfigError(f"{where}: {key}={value!r} is out of range; it must be {op} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {key}={value!r} is out of range; it must be <= {hi}")
+
+
+def check_key(key: str, where: str) -> None:
+    known = known_keys()
+    if key in known:
+        return
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    section = key.split(".")[0]
+    if section in SECTIONS:
+        allowed = ", ".join(k for k in known if k.startswith(section + "."))
+    else:
+        allowed = "sections " + ", ".join(SECTIONS)
+    raise ConfigError(f"{where}: unknown key {key!r}{hint}; known: {allowed}")
+
+
+def resolve(layers: list[dict[str, Any]], wheres: list[str]) -> Config:
+    """Merge flat layers (later wins) into a checked, frozen Config."""
+    values: dict[str, Any] = {}
+    for layer, where in zip(layers, wheres):
+        for key, raw in layer.items():
+            check_key(key, where)
+            value = _coerce(key, raw, where)
+            _check_range(key, value, where)
+            values[key] = (value, where)
+    sections = {s: {} for s in SECTIONS}
+    for key, (value, _) in values.items():
+        s, name = key.split(".", 1)
+        sections[s][name] = value
+    cfg = Config(**{s: SECTIONS[s](**kw) for s, kw in sections.items()})
+    _check_consistency(cfg, {k: w for k, (_, w) in values.items()})
+    return cfg
+
+
+def _check_consistency(cfg: Config, where: dict[str, str]) -> None:
+    """Rules that tie two keys together."""
+    d = cfg.data
+    w = where.get("data.binarize", where.get("data.levels", "defaults"))
+    if d.levels == 2 and d.binarize == "none":
+        raise ConfigError(f"{w}: data.binarize=none needs data.levels>2 (8-bit data: data.levels=256); "
+                          f"for 2 levels choose data.binarize fixed, dynamic or threshold")
+    if d.levels > 2 and d.binarize != "none":
+        raise ConfigError(f"{w}: data.binarize={d.binarize} makes 2-level data but data.levels={d.levels}; "
+                          f"set data.binarize=none for {d.levels} levels, or data.levels=2")
+
+
+# ---------------------------------------------------------------------------- experiment files
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: Config
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: Path
+    description: str
+    variants: tuple[Variant, ...]
+
+
+EXPERIMENT_KEYS = ("name", "description", "base", "variants")
+
+
+def read_yaml(path: str | Path, what: str = "experiment") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        folder = p.parent if str(p.parent) not in ("", ".") else Path(".")
+        found = sorted(x.stem for x in folder.glob("*.yaml")) if folder.is_dir() else []
+        hint = f"; available in {folder}/: {', '.join(found)}" if found else ""
+        raise ConfigError(f"{p}: no such {what} file{hint}")
+    try:
+        tree = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: expected a mapping with keys {', '.join(EXPERIMENT_KEYS)}")
+    return tree
+
+
+def load_experiment(path: str | Path, overrides: list[str] | dict | None = None) -> Experiment:
+    """experiments/<name>.yaml + command-line overrides -> checked variants."""
+    p = Path(path)
+    tree = read_yaml(p)
+    for k in tree:
+        if k not in EXPERIMENT_KEYS:
+            near = difflib.get_close_matches(str(k), EXPERIMENT_KEYS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{p}: unknown top-level key {k!r}{hint}; allowed: {', '.join(EXPERIMENT_KEYS)}")
+    base = flatten(tree.get("base") or {}, f"{p} (base)")
+    cli = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
+    raw_variants = tree.get("variants") or [{"name": "default"}]
+    if not isinstance(raw_variants, list):
+        raise ConfigError(f"{p}: 'variants' must be a list of mappings, each with a 'name'")
+    variants, seen = [], set()
+    for i, v in enumerate(raw_variants):
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not v["name"]:
+            raise ConfigError(f"{p}: variant #{i + 1} needs a 'name' (a string) beside its settings")
+        name = v["name"]
+        if name in seen:
+            raise ConfigError(f"{p}: variant name {name!r} appears twice; names must be unique")
+        seen.add(name)
+        where = f"{p} (variant {name})"
+        own = flatten({k: x for k, x in v.items() if k != "name"}, where)
+        cfg = resolve([base, own, cli], [f"{p} (base)", where, "command line"])
+        variants.append(Variant(name, cfg))
+    name = tree.get("name") or p.stem
+    return Experiment(str(name), p, str(tree.get("description") or ""), tuple(variants))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """A single run's config: an optional YAML file of sections, then overrides."""
+    layers, wheres = [], []
+    if path is not None:
+        tree = read_yaml(path, "config")
+        if "base" in tree or "variants" in tree:
+            raise ConfigError(f"{path}: is an experiment file (it has base/variants); "
+                              f"run it with `python -m pixelexp experiment {path}`")
+        layers.append(flatten(tree, str(path)))
+        wheres.append(str(path))
+    cli = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
+    layers.append(cli)
+    wheres.append("command line")
+    return resolve(layers, wheres)
+
+
+def config_from_dict(tree: dict, where: str) -> Config:
+    """Rebuild a Config from `Config.to_dict()` output (e.g. inside a checkpoint)."""
+    return resolve([flatten(tree, where)], [where])

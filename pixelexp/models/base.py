@@ -1,0 +1,104 @@
+"""What every pixel model shares: input scaling, the output head, log_prob, sample.
+
+A model maps an image x (B, C, H, W) of integers in [0, L) to, for every subpixel,
+the distribution of its value given all subpixels before it (raster order: rows,
+then columns, then channels R, G, B). Subclasses only build `features(x)`, a
+(B, F, H, W) map whose position (i, j) channel group c has seen exactly the
+subpixels before (i, j, c); the head turns it into logits with 1x1 mask-B layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pixelexp.nn.masked import MaskedConv2d
+
+
+class OutputHead(nn.Module):
+    """`out_recurrent_length` x (ReLU, 1x1 mask B to `out_hidden_dims`), then ReLU and a
+    1x1 mask-B layer to the logits: C channels for 2 levels (Bernoulli), else C x L
+    (a softmax over the L values of each channel)."""
+
+    def __init__(self, in_dims: int, out_hidden_dims: int, out_recurrent_length: int,
+                 image_channels: int, levels: int):
+        super().__init__()
+        dims = [in_dims] + [out_hidden_dims] * out_recurrent_length
+        self.hidden = nn.ModuleList(
+            MaskedConv2d(a, b, 1, "B", image_channels) for a, b in zip(dims[:-1], dims[1:]))
+        n_out = image_channels * (1 if levels == 2 else levels)
+        self.logits = MaskedConv2d(dims[-1], n_out, 1, "B", image_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = layer(F.relu(x))
+        return self.logits(F.relu(x))
+
+
+class AutoregressiveModel(nn.Module):
+    """Base class: subclasses set `self.head` and implement `features`.
+
+    Args:
+        image_shape: (C, H, W) of the images it models.
+        levels: values per subpixel; 2 gives a Bernoulli output, more a softmax.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], levels: int):
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.levels = int(levels)
+        if self.levels < 2:
+            raise ValueError(f"levels must be >= 2, got {levels}")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Integers in [0, L) -> floats: {0, 1} for 2 levels, else [-1, 1]."""
+        x = x.to(self.head.logits.weight.dtype)
+        return x if self.levels == 2 else x * (2.0 / (self.levels - 1)) - 1.0
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) ints -> (B, C, H, W) Bernoulli logits or (B, C, L, H, W)."""
+        B, C, H, W = x.shape
+        out = self.head(self.features(self.scale(x)))
+        return out if self.levels == 2 else out.view(B, C, self.levels, H, W)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) ints -> (B, C, H, W): ln p(subpixel | all before it)."""
+        return self.log_prob_from_logits(self.logits(x), x)
+
+    def log_prob_from_logits(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.levels == 2:
+            return -F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
+        return logits.log_softmax(dim=2).gather(2, x.unsqueeze(2)).squeeze(2)
+
+    def _draw(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One value per row of `logits` ((n,) Bernoulli or (n, L) categorical)."""
+        if self.levels == 2:
+            return torch.bernoulli(torch.sigmoid(logits.float()), generator=generator).long()
+        return torch.multinomial(logits.float().softmax(-1), 1, generator=generator).squeeze(-1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """Draw n images subpixel by subpixel -> LongTensor (n, C, H, W).
+
+        Row i's logits depend only on rows <= i, so each step runs the model on the
+        rows reached so far, not on the whole image.
+        """
+        C, H, W = self.image_shape
+        device = device or next(self.parameters()).device
+        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(H):
+                for j in range(W):
+                    for c in range(C):
+                        logits = self.logits(x[:, :, : i + 1])  # rows 0..i only
+                        x[:, c, i, j] = self._draw(logits[:, c, ..., i, j], generator)
+        finally:
+            self.train(was_training)
+        return x

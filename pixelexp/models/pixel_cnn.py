@@ -1,0 +1,49 @@
+"""PixelCNN: a stack of masked convolutions.
+
+Pixel Recurrent Neural Networks, van den Oord, Kalchbrenner & Kavukcuoglu, ICML 2016,
+section 3.4 (https://arxiv.org/abs/1601.06759).
+
+    x ─ 7x7 mask A ─┬─ ReLU ─ 3x3 mask B ─(+)─ ... ─ head (1x1 mask B layers) ─ logits
+                    └───────────────────────┘   residual, `recurrent_length` times
+
+Every layer only looks up and to the left, so the receptive field of a pixel is a
+triangle above it with a blind spot to its upper right (Gated PixelCNN removes it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pixelexp.models.base import AutoregressiveModel, OutputHead
+from pixelexp.nn.masked import MaskedConv2d
+
+
+class PixelCNN(AutoregressiveModel):
+    """Args:
+        image_shape: (C, H, W).
+        levels: values per subpixel.
+        hidden_dims: features of every masked layer.
+        recurrent_length: number of 3x3 mask-B layers.
+        out_hidden_dims: features of the 1x1 output layers.
+        out_recurrent_length: number of ReLU + 1x1 output layers.
+        use_residual: add each 3x3 layer's input to its output.
+    """
+
+    def __init__(self, image_shape, levels, hidden_dims: int = 16, recurrent_length: int = 7,
+                 out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True):
+        super().__init__(image_shape, levels)
+        C = self.image_shape[0]
+        self.use_residual = use_residual
+        self.input = MaskedConv2d(C, hidden_dims, 7, "A", C)
+        self.layers = nn.ModuleList(
+            MaskedConv2d(hidden_dims, hidden_dims, 3, "B", C) for _ in range(recurrent_length))
+        self.head = OutputHead(hidden_dims, out_hidden_dims, out_recurrent_length, C, self.levels)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input(x)  # (B, h, H, W)
+        for layer in self.layers:
+            y = layer(F.relu(x))
+            x = x + y if self.use_residual else y
+        return x

@@ -1,0 +1,50 @@
+"""PixelRNN with Diagonal BiLSTM layers.
+
+Pixel Recurrent Neural Networks, van den Oord, Kalchbrenner & Kavukcuoglu, ICML 2016,
+sections 3.2 and 3.4 (https://arxiv.org/abs/1601.06759).
+
+    x ─ 7x7 mask A (2h) ─┬─ Diagonal BiLSTM (h per direction) ─ 1x1 mask B (2h) ─(+)─ ...
+                         └─────────────────────────────────────────────────────┘
+      ... `recurrent_length` layers ─ head (1x1 mask B layers) ─ logits
+
+As in the paper, the residual stream has 2h features and each LSTM direction h. The
+two directions together see every pixel above and to the left (see
+`pixelexp.nn.lstm` for why the right-to-left one is shifted down a row).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from pixelexp.models.base import AutoregressiveModel, OutputHead
+from pixelexp.nn.lstm import DiagonalBiLSTM
+from pixelexp.nn.masked import MaskedConv2d
+
+
+class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
+    """Args:
+        image_shape: (C, H, W).
+        levels: values per subpixel.
+        hidden_dims: LSTM units per direction (h); the residual stream has 2h.
+        recurrent_length: number of Diagonal BiLSTM layers.
+        out_hidden_dims: features of the 1x1 output layers.
+        out_recurrent_length: number of ReLU + 1x1 output layers.
+        use_residual: residual connection around each LSTM layer.
+    """
+
+    def __init__(self, image_shape, levels, hidden_dims: int = 16, recurrent_length: int = 7,
+                 out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True):
+        super().__init__(image_shape, levels)
+        C = self.image_shape[0]
+        width = 2 * hidden_dims
+        self.input = MaskedConv2d(C, width, 7, "A", C)
+        self.layers = nn.ModuleList(
+            DiagonalBiLSTM(width, hidden_dims, C, use_residual) for _ in range(recurrent_length))
+        self.head = OutputHead(width, out_hidden_dims, out_recurrent_length, C, self.levels)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input(x)  # (B, 2h, H, W)
+        for layer in self.layers:
+            x = layer(x)
+        return x

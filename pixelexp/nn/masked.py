@@ -1,0 +1,77 @@
+"""Masked convolutions: the kernel only sees pixels that come earlier.
+
+Spatially, a k x k kernel keeps the rows above its centre and the pixels left of
+it on the centre row. At the centre itself the feature maps are split into one
+group per image channel (R, G, B for colour; a single group for gray), and
+
+    mask A:  output group o sees input groups i <  o   (first layer: R sees nothing
+             of its own pixel, G sees R, B sees R and G)
+    mask B:  output group o sees input groups i <= o   (later layers: a group also
+             sees its own features, which only hold earlier information)
+
+    5x5, mask A, gray         5x5, mask B, gray
+    1 1 1 1 1                 1 1 1 1 1
+    1 1 1 1 1                 1 1 1 1 1
+    1 1 0 0 0                 1 1 1 0 0
+    0 0 0 0 0                 0 0 0 0 0
+    0 0 0 0 0                 0 0 0 0 0
+
+Groups are contiguous blocks of channels (`channel_groups`); layers whose channel
+layout is not one block per group (the LSTM gates) pass their own group ids.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def channel_groups(n: int, image_channels: int) -> torch.Tensor:
+    """Group id of each of n channels: contiguous blocks, one per image channel."""
+    return torch.arange(n) * image_channels // n
+
+
+def causal_mask(out_groups: torch.Tensor, in_groups: torch.Tensor, kernel: tuple[int, int],
+                mask_type: str) -> torch.Tensor:
+    """(out, in, kh, kw) mask of 0/1 for a kernel centred at (kh // 2, kw // 2)."""
+    if mask_type not in ("A", "B"):
+        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+    kh, kw = kernel
+    cy, cx = kh // 2, kw // 2
+    mask = torch.zeros(len(out_groups), len(in_groups), kh, kw)
+    mask[:, :, :cy, :] = 1  # rows above the centre
+    mask[:, :, cy, :cx] = 1  # left of the centre, same row
+    o, i = out_groups[:, None], in_groups[None, :]
+    mask[:, :, cy, cx] = (i < o) if mask_type == "A" else (i <= o)
+    return mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A 'same'-padded k x k convolution whose kernel is masked (see module doc).
+
+    Args:
+        in_channels, out_channels: feature maps in and out.
+        kernel_size: odd, so that the kernel has a centre.
+        mask_type: "A" (the first layer: excludes the current subpixel) or "B".
+        image_channels: 1 for gray, 3 for RGB: the number of channel groups.
+        in_groups, out_groups: group id per channel, when not contiguous blocks.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str,
+                 image_channels: int = 1, in_groups: torch.Tensor | None = None,
+                 out_groups: torch.Tensor | None = None, bias: bool = True):
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        in_g = channel_groups(in_channels, image_channels) if in_groups is None else in_groups
+        out_g = channel_groups(out_channels, image_channels) if out_groups is None else out_groups
+        self.mask_type = mask_type
+        self.register_buffer("mask", causal_mask(out_g, in_g, (kernel_size, kernel_size), mask_type),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mask={self.mask_type}"
