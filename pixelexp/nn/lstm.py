@@ -47,37 +47,46 @@ class DiagonalBiLSTM(nn.Module):
         self.hidden = hidden
         self.use_residual = use_residual
         unit_groups = channel_groups(hidden, image_channels)  # (h,)
-        # Gate channels laid out (direction, gate, unit): 8h channels, each with its unit's group.
+        # Gate channels laid out (direction, gate i/f/o/g, unit): 8h channels, each with its
+        # unit's group. This conv holds the gates' biases; it runs before the skew, so the
+        # padding of the skewed map gets no bias and its states stay exactly zero.
         self.input_to_state = MaskedConv2d(channels, 8 * hidden, 1, "B", image_channels,
                                            out_groups=unit_groups.repeat(8))
-        # Both directions in one grouped conv: [fw h | bw h] -> [fw 4h | bw 4h].
-        # The previous column is made of earlier pixels only, so no mask is needed.
-        self.state_to_state = nn.Conv1d(2 * hidden, 8 * hidden, kernel_size=2, groups=2)
+        # The 2x1 column convolution of each direction as one matrix: rows [above | left]
+        # of the previous column -> 4h gates. It only sees earlier pixels: no mask needed.
+        self.state_to_state = nn.Parameter(torch.empty(2, 2 * hidden, 4 * hidden))
+        nn.init.uniform_(self.state_to_state, -(2 * hidden) ** -0.5, (2 * hidden) ** -0.5)
         self.output = MaskedConv2d(hidden, channels, 1, "B", image_channels, in_groups=unit_groups)
         with torch.no_grad():  # forget gates start open, a common LSTM default
-            self.state_to_state.bias.view(2, 4, hidden)[:, 1].fill_(1.0)
+            self.input_to_state.bias.view(2, 4, hidden)[:, 1].fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         W = x.shape[-1]
         fw, bw = self.input_to_state(x).chunk(2, dim=1)  # (B, 4h, H, W) each
-        gates_in = torch.cat([skew(fw), skew(bw.flip(-1))], dim=1)  # (B, 8h, H, W+H-1)
-        states = unskew(self.scan(gates_in), W)  # (B, 2h, H, W)
-        h_fw, h_bw = states.chunk(2, dim=1)  # (B, h, H, W) each
+        gates_in = torch.stack([skew(fw), skew(bw.flip(-1))])  # (2, B, 4h, H, W+H-1)
+        states = self.scan(gates_in)  # (2, B, h, H, W+H-1)
+        h_fw, h_bw = unskew(states.flatten(0, 1), W).unflatten(0, (2, -1))  # (B, h, H, W) each
         y = h_fw + down_shift(h_bw.flip(-1))  # right-to-left shifted down: no leak
         out = self.output(y)
         return x + out if self.use_residual else out
 
     def scan(self, gates_in: torch.Tensor) -> torch.Tensor:
-        """LSTM over the columns of the skewed map: (B, 8h, H, P) -> (B, 2h, H, P)."""
-        B, _, H, P = gates_in.shape
-        h = gates_in.new_zeros(B, 2 * self.hidden, H)  # (B, 2h, H): both directions
-        c = gates_in.new_zeros(B, 2, self.hidden, H)
+        """LSTM over the columns of the skewed map, both directions at once:
+        (2, B, 4h, H, P) -> (2, B, h, H, P)."""
+        _, B, _, H, P = gates_in.shape
+        hd = self.hidden
+        steps = gates_in.permute(4, 0, 1, 3, 2).reshape(P, 2, B * H, 4 * hd)  # one slab per column
+        h = gates_in.new_zeros(2, B, H, hd)
+        c = gates_in.new_zeros(2, B * H, hd)
         outs = []
-        for g_in in gates_in.unbind(-1):  # P steps, one per diagonal
-            g = g_in + self.state_to_state(F.pad(h, (1, 0)))  # (B, 8h, H): rows i-1, i
-            g = g.view(B, 2, 4, self.hidden, H)
-            i, f, o = torch.sigmoid(g[:, :, :3]).unbind(2)
-            c = f * c + i * torch.tanh(g[:, :, 3])
-            h = (o * torch.tanh(c)).view(B, 2 * self.hidden, H)
+        w_above, w_left = self.state_to_state.split(hd, dim=1)  # (2, h, 4h) each
+        for g_in in steps.unbind(0):  # P steps, one per diagonal (unbind: cheap backward)
+            above = F.pad(h, (0, 0, 1, 0))[:, :, :-1].reshape(2, B * H, hd)  # row r sees row r-1
+            g = torch.baddbmm(g_in, above, w_above)  # (2, B*H, 4h)
+            g = torch.baddbmm(g, h.view(2, B * H, hd), w_left)
+            ifo, cell = g.split([3 * hd, hd], dim=-1)
+            i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
+            c = torch.addcmul(f * c, i, torch.tanh(cell))
+            h = (o * torch.tanh(c)).view(2, B, H, hd)
             outs.append(h)
-        return torch.stack(outs, dim=-1)
+        return torch.stack(outs, dim=-1).permute(0, 1, 3, 2, 4)  # (2, B, h, H, P)

@@ -1,0 +1,224 @@
+"""The training loop, in the open: one `run(config)` seeds, loads data, builds the
+model, trains, evaluates, samples and tracks. Experiments and sweeps both call it.
+
+Units: the loss is the negative log-likelihood in bits per subpixel,
+
+    bits/dim = nats per image / (C * H * W * ln 2),
+
+and for 2-level data the paper's unit, nats per image, is logged beside it.
+Per epoch (step = epoch) it logs train_bpd (the mean over the epoch's batches),
+val_bpd, test_bpd, [train|val|test]_nats for 2 levels, epoch_seconds (training and
+evaluation), elapsed_hours (the sum of epoch_seconds: sampling and logging are not
+counted, so models compare by their own cost), lr and images_per_second (training).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pixelexp.config import Config
+from pixelexp.data import DataSplits, load_data
+from pixelexp.errors import ConfigError
+from pixelexp.images import to_grid
+from pixelexp.models import AutoregressiveModel, build_model, count_parameters
+
+LN2 = math.log(2.0)
+CHECKPOINT_FORMAT = "pixelexp-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def bits_per_dim(nats_per_image: float, subpixels: int) -> float:
+    return nats_per_image / (subpixels * LN2)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_hparams(cfg: Config) -> dict:
+    m = cfg.model
+    return dict(hidden_dims=m.hidden_dims, recurrent_length=m.recurrent_length,
+                out_hidden_dims=m.out_hidden_dims, out_recurrent_length=m.out_recurrent_length,
+                use_residual=m.use_residual)
+
+
+def make_model(cfg: Config, image_shape, levels: int) -> AutoregressiveModel:
+    return build_model(cfg.model.name, image_shape=image_shape, levels=levels, **model_hparams(cfg))
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.train.optimizer == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=cfg.train.lr)
+    return torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+
+
+def nats_per_image(model: AutoregressiveModel, x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) ints -> (B,) negative log-likelihood of each image in nats."""
+    return -model.log_prob(x).sum(dim=(1, 2, 3))
+
+
+@torch.no_grad()
+def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
+             device: torch.device) -> float:
+    """Mean nats per image over a whole split."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).long()
+        total += nats_per_image(model, x).sum().item()
+    model.train(was_training)
+    return total / max(len(images), 1)
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]  # the last epoch's
+    history: list[dict[str, float]] = field(default_factory=list)
+    n_parameters: int = 0
+    model: AutoregressiveModel | None = None
+    samples: torch.Tensor | None = None
+
+
+def train_epoch(model, optimizer, data: DataSplits, cfg: Config, epoch: int, device,
+                label: str, progress: bool) -> tuple[float, float]:
+    """One pass over the training set -> (mean nats per image, seconds)."""
+    model.train()
+    dims = math.prod(data.image_shape)
+    g = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)  # data order of this epoch
+    order = torch.randperm(len(data.train), generator=g)
+    total, seen = 0.0, 0
+    bar = tqdm(total=len(order), desc=f"{label} epoch {epoch}", unit="img", leave=False,
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    start = time.perf_counter()
+    for k in range(0, len(order), cfg.train.batch_size):
+        idx = order[k:k + cfg.train.batch_size]
+        x = data.train_batch(idx, g).to(device, non_blocking=True)
+        nats = nats_per_image(model, x)  # (B,)
+        loss = nats.mean() / (dims * LN2)  # bits/dim
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        batch_nats = nats.detach().sum().item()
+        if not math.isfinite(batch_nats):
+            raise FloatingPointError(f"loss became {batch_nats} at epoch {epoch}, batch {k // cfg.train.batch_size}; "
+                                     f"try a lower train.lr or train.grad_clip")
+        total += batch_nats
+        seen += len(idx)
+        bar.update(len(idx))
+        bar.set_postfix(bpd=f"{bits_per_dim(total / seen, dims):.4f}",
+                        img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    bar.close()
+    return total / seen, time.perf_counter() - start
+
+
+def draw_samples(model: AutoregressiveModel, n: int, seed: int, device) -> torch.Tensor:
+    """n samples with a fixed seed, so grids of different epochs share their noise."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return model.sample(n, generator=g, device=device)
+
+
+def save_checkpoint(path: Path, model, optimizer, cfg: Config, data: DataSplits, epoch: int,
+                    metrics: dict) -> Path:
+    """Written to a temporary file and renamed, so a crash never leaves half a file."""
+    state = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "config": cfg.to_dict(), "image_shape": list(data.image_shape), "levels": data.levels,
+        "epoch": epoch, "metrics": metrics, "data_checksum": data.checksum,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "torch_version": torch.__version__,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, echo=print) -> RunResult:
+    """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing."""
+    device = pick_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    data = load_data(cfg.data)
+    model = make_model(cfg, data.image_shape, data.levels).to(device)
+    optimizer = make_optimizer(cfg, model)
+    dims = math.prod(data.image_shape)
+    n_params = count_parameters(model)
+    if log is not None:
+        log.log_params({**cfg.flat(), **data.summary(), "n_parameters": n_params})
+        log.set_tags({"data_source": data.source, "device": str(device),
+                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                      "torch_version": torch.__version__, "pixelexp.model": cfg.model.name})
+        log.log_text(_yaml(cfg), "config.yaml")
+    echo(f"[{label}] {cfg.model.name}: {n_params:,} parameters; data {data.source} "
+         f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {data.levels} levels); "
+         f"device {device}")
+
+    result = RunResult(metrics={}, n_parameters=n_params, model=model)
+    elapsed = 0.0
+    for epoch in range(1, cfg.train.epochs + 1):
+        train_nats, train_s = train_epoch(model, optimizer, data, cfg, epoch, device, label, progress)
+        t0 = time.perf_counter()
+        val_nats = evaluate(model, data.val, cfg.train.eval_batch_size, device) if len(data.val) else float("nan")
+        test_nats = evaluate(model, data.test, cfg.train.eval_batch_size, device)
+        epoch_s = train_s + time.perf_counter() - t0
+        elapsed += epoch_s
+        m = {"train_bpd": bits_per_dim(train_nats, dims), "val_bpd": bits_per_dim(val_nats, dims),
+             "test_bpd": bits_per_dim(test_nats, dims)}
+        if data.levels == 2:
+            m.update(train_nats=train_nats, val_nats=val_nats, test_nats=test_nats)
+        m.update(epoch_seconds=epoch_s, elapsed_hours=elapsed / 3600.0,
+                 lr=optimizer.param_groups[0]["lr"], images_per_second=len(data.train) / train_s)
+        result.metrics = m
+        result.history.append({"epoch": epoch, **m})
+        if log is not None:
+            log.log_metrics(m, step=epoch)
+        nats = f" ({m['test_nats']:.2f} nats)" if data.levels == 2 else ""
+        echo(f"[{label}] epoch {epoch}/{cfg.train.epochs}  bits/dim train {m['train_bpd']:.4f}  "
+             f"val {m['val_bpd']:.4f}  test {m['test_bpd']:.4f}{nats}  "
+             f"{m['images_per_second']:.0f} img/s  {epoch_s:.1f} s")
+        last = epoch == cfg.train.epochs
+        every = cfg.track.sample_every
+        if last or (every and epoch % every == 0):
+            t0 = time.perf_counter()
+            result.samples = draw_samples(model, cfg.track.sample_count, cfg.train.seed, device)
+            if log is not None:
+                log.log_image(to_grid(result.samples, data.levels), key="samples", step=epoch)
+            echo(f"[{label}] {cfg.track.sample_count} samples in {time.perf_counter() - t0:.1f} s")
+
+    if log is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_checkpoint(Path(tmp) / "final.pt", model, optimizer, cfg, data, cfg.train.epochs,
+                                   result.metrics)
+            log.log_artifact(path, "checkpoints")
+    return result
+
+
+def _yaml(cfg: Config) -> str:
+    import yaml
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
