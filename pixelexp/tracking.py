@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -64,7 +63,7 @@ def git_state() -> dict[str, str]:
 class Tracker:
     """A connection to one MLflow store and one experiment in it."""
 
-    def __init__(self, experiment: str, uri: str | None = None):
+    def __init__(self, experiment: str, uri: str | None = None, create: bool = True):
         self.uri = uri or tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
         mlflow.set_tracking_uri(self.uri)
@@ -73,6 +72,9 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - any failure to reach the store
             raise UserError(f"MLflow store {self.uri} cannot be opened ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:200]}); check MLFLOW_TRACKING_URI") from None
+        if found is None and not create:
+            raise UserError(f"no experiment {experiment!r} in the MLflow store {self.uri}; "
+                            f"run `make experiment EXP={experiment}` first")
         if found is None:
             self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=_local_artifact_root(self.uri))
@@ -158,12 +160,6 @@ class RunLog:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
-
-    def log_file_bytes(self, data: bytes, artifact_file: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / Path(artifact_file).name
-            p.write_bytes(data)
-            self.log_artifact(p, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,51 @@
+# pixelexp: `make help` lists the targets. Every target sets up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXP ?= rnn_vs_cnn
+ARGS ?=
+RUN ?=
+N ?= 64
+PYTEST_ARGS ?=
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test experiment smoke report sample ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: EXP=$(EXP) ARGS=\"key=value ...\" RUN=<run id> N=$(N)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing pixelexp and its dependencies into $(VENV) (first time: a few minutes)"
+	@set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | \
+	  { grep -v "^WARNING: Location" || true; }
+	@$(PY) -c "import pixelexp.tracking, pixelexp.models" && touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project (done by every target when needed)
+
+test: $(STAMP) ## run the test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+experiment: $(STAMP) ## run experiments/$(EXP).yaml, track it in MLflow, write reports/$(EXP)/
+	$(PY) -m pixelexp experiment experiments/$(EXP).yaml $(ARGS)
+
+smoke: $(STAMP) ## the one-minute end-to-end check (experiments/smoke.yaml)
+	$(PY) -m pixelexp experiment experiments/smoke.yaml $(ARGS)
+
+report: $(STAMP) ## rewrite reports/$(EXP)/ from the newest run of experiment $(EXP)
+	$(PY) -m pixelexp report $(EXP) $(ARGS)
+
+sample: $(STAMP) ## draw N samples from run RUN's checkpoint: make sample RUN=<id> N=64
+	@test -n "$(RUN)" || { echo "error: give a run id: make sample RUN=<run id> [N=64]" >&2; exit 2; }
+	$(PY) -m pixelexp sample $(RUN) --n $(N) $(ARGS)
+
+ui: $(STAMP) ## serve the MLflow UI for the store on http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+clean: ## remove caches (keeps .venv, mlflow.db, mlartifacts/ and reports/)
+	rm -rf .pytest_cache $$(find . -name __pycache__ -not -path './.venv/*')

@@ -1,0 +1,91 @@
+"""python -m pixelexp {train,experiment,report,sample} ...
+
+Every user error (bad config, missing data, bad checkpoint, bad arguments) ends with
+one line on stderr saying what is wrong and how to fix it, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pixelexp.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
+        raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m pixelexp", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one config (a YAML of sections, overrides, or both)")
+    t.add_argument("config", nargs="?", help="YAML file with data/model/train/track sections")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+    t.add_argument("--experiment", default="train", help="MLflow experiment name (default: train)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("experiment", help="run every variant of experiments/<name>.yaml")
+    e.add_argument("experiment", help="a name under experiments/ or a path to a YAML file")
+    e.add_argument("overrides", nargs="*", help="dotted overrides for every variant, e.g. train.epochs=2")
+    e.add_argument("--no-report", action="store_true", help="skip writing reports/<name>/")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("report", help="write reports/<name>/ from the MLflow store")
+    r.add_argument("experiment", help="experiment name (the YAML file's name)")
+    r.add_argument("--parent", help="parent run id (default: the newest)")
+    r.add_argument("--out", help="output folder (default: reports/<name>)")
+
+    s = sub.add_parser("sample", help="draw samples from a run's final checkpoint")
+    s.add_argument("run_id")
+    s.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    s.add_argument("--out", help="PNG path (default: reports/samples/<run id>.png)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return p
+
+
+def _split_train_args(args) -> None:
+    """`train a=1` puts 'a=1' in `config`: move it to the overrides."""
+    if args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        args.config = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "train":
+            _split_train_args(args)
+            from pixelexp import tracking
+            from pixelexp.config import load_config
+            from pixelexp.train import run
+
+            cfg = load_config(args.config, args.overrides)
+            tracker = tracking.Tracker(args.experiment)
+            with tracker.start_run(f"{cfg.model.name}", tags={"pixelexp.kind": "train",
+                                                              **tracking.git_state()}) as log:
+                run(cfg, log, label=cfg.model.name, progress=not args.quiet)
+            print(f"run {log.run_id} in {tracker.uri} (experiment {args.experiment})")
+        elif args.command == "experiment":
+            from pixelexp.experiment import run_experiment
+            run_experiment(args.experiment, args.overrides, report=not args.no_report,
+                           progress=not args.quiet)
+        elif args.command == "report":
+            from pixelexp.report import make_report
+            make_report(args.experiment, parent_run_id=args.parent, out_dir=args.out)
+        elif args.command == "sample":
+            if args.n < 1:
+                raise UserError(f"sample: --n must be >= 1, got {args.n}")
+            from pixelexp.sample import sample_run
+            sample_run(args.run_id, n=args.n, out=args.out, seed=args.seed, device=args.device)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,84 @@
+"""experiments/<name>.yaml -> one parent MLflow run, one child run per variant.
+
+Everything that can be checked is checked before the parent run is created: the
+file and every override (config), the data of every variant (found or fetched), the
+device and the models. A bad input then costs nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixelexp import tracking
+from pixelexp.config import Experiment, load_experiment
+from pixelexp.data import load_data
+from pixelexp.train import RunResult, make_model, pick_device, run
+
+
+@dataclass
+class ExperimentResult:
+    experiment: Experiment
+    parent_run_id: str
+    child_run_ids: dict[str, str]
+    results: dict[str, RunResult]
+    report_dir: Path | None
+    tracking_uri: str
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """`rnn_vs_cnn` -> experiments/rnn_vs_cnn.yaml; a path stays a path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
+        return p
+    return Path("experiments") / f"{name_or_path}.yaml"
+
+
+def preflight(exp: Experiment) -> None:
+    for v in exp.variants:
+        cfg = v.config
+        pick_device(cfg.train.device)
+        data = load_data(cfg.data)
+        make_model(cfg, data.image_shape, data.levels)
+
+
+def run_experiment(path: str | Path, overrides: list[str] | None = None, *, report: bool = True,
+                   progress: bool = True, echo=print) -> ExperimentResult:
+    overrides = list(overrides or [])
+    exp = load_experiment(resolve_path(str(path)), overrides)
+    preflight(exp)
+    tracker = tracking.Tracker(exp.name)
+    git = tracking.git_state()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    parent = tracker.start_run(f"{exp.name} {stamp}", tags={
+        "pixelexp.kind": "experiment", "pixelexp.experiment_file": str(exp.path),
+        "pixelexp.overrides": " ".join(overrides) or "(none)", **git,
+        **({"mlflow.note.content": exp.description} if exp.description else {})})
+    parent.log_params({"variants": ",".join(v.name for v in exp.variants),
+                       "overrides": " ".join(overrides) or "(none)"})
+    parent.log_text((exp.path.read_text()), f"experiment/{exp.path.name}")
+    echo(f"experiment {exp.name}: {len(exp.variants)} variants, MLflow store {tracker.uri}, "
+         f"parent run {parent.run_id}")
+    child_ids, results = {}, {}
+    with parent:
+        for v in exp.variants:
+            child = tracker.start_run(v.name, parent=parent, tags={
+                "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git})
+            child_ids[v.name] = child.run_id
+            with child:
+                results[v.name] = run(v.config, child, label=v.name, progress=progress, echo=echo)
+    report_dir = None
+    if report:
+        from pixelexp.report import make_report
+        report_dir = make_report(exp.name, parent_run_id=parent.run_id, echo=echo)
+    echo("")
+    echo(f"MLflow store:   {tracker.uri}")
+    echo(f"experiment:     {exp.name} (id {tracker.experiment_id})")
+    echo(f"parent run:     {parent.run_id}")
+    for name, rid in child_ids.items():
+        echo(f"  {name:<20} {rid}  test {results[name].metrics['test_bpd']:.4f} bits/dim")
+    if report_dir:
+        echo(f"report:         {report_dir}/report.md")
+    echo("browse it:      make ui   (then open http://127.0.0.1:5000)")
+    return ExperimentResult(exp, parent.run_id, child_ids, results, report_dir, tracker.uri)
