@@ -21,15 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m pixelexp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train one config (a YAML of sections, overrides, or both)")
+    t = sub.add_parser("train", help="train one config (a YAML of sections, overrides, or both)",
+                       usage="%(prog)s [CONFIG.yaml] [key=value ...] [--experiment NAME] [--quiet]")
     t.add_argument("config", nargs="?", help="YAML file with data/model/train/track sections")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
     t.add_argument("--experiment", default="train", help="MLflow experiment name (default: train)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("experiment", help="run every variant of experiments/<name>.yaml")
+    e = sub.add_parser("experiment", help="run every variant of experiments/<name>.yaml",
+                       usage="%(prog)s EXPERIMENT [key=value ...] [--no-report] [--quiet]")
     e.add_argument("experiment", help="a name under experiments/ or a path to a YAML file")
-    e.add_argument("overrides", nargs="*", help="dotted overrides for every variant, e.g. train.epochs=2")
     e.add_argument("--no-report", action="store_true", help="skip writing reports/<name>/")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -47,19 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _split_train_args(args) -> None:
-    """`train a=1` puts 'a=1' in `config`: move it to the overrides."""
-    if args.config and "=" in args.config:
-        args.overrides.insert(0, args.config)
-        args.config = None
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Dotted `key=value` overrides may stand anywhere after the command."""
+    is_override = lambda a: "=" in a and not a.startswith("-")  # noqa: E731
+    return [a for a in argv if not is_override(a)], [a for a in argv if is_override(a)]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = build_parser().parse_args(argv)
+        rest, overrides = split_overrides(argv)
+        args = build_parser().parse_args(rest)
+        args.overrides = overrides
+        if overrides and args.command not in ("train", "experiment"):
+            raise UserError(f"{args.command} takes no key=value settings (got {overrides[0]!r})")
         if args.command == "train":
-            _split_train_args(args)
             from pixelexp import tracking
             from pixelexp.config import load_config
             from pixelexp.train import run

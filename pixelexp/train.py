@@ -149,7 +149,7 @@ def save_checkpoint(path: Path, model, optimizer, cfg: Config, data: DataSplits,
         "config": cfg.to_dict(), "image_shape": list(data.image_shape), "levels": data.levels,
         "epoch": epoch, "metrics": metrics, "data_checksum": data.checksum,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -173,7 +173,7 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
         log.log_params({**cfg.flat(), **data.summary(), "n_parameters": n_params})
         log.set_tags({"data_source": data.source, "device": str(device),
                       "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                      "torch_version": torch.__version__, "pixelexp.model": cfg.model.name})
+                      "torch_version": str(torch.__version__), "pixelexp.model": cfg.model.name})
         log.log_text(_yaml(cfg), "config.yaml")
     echo(f"[{label}] {cfg.model.name}: {n_params:,} parameters; data {data.source} "
          f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {data.levels} levels); "
