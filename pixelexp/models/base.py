@@ -51,6 +51,10 @@ class AutoregressiveModel(nn.Module):
         if self.levels < 2:
             raise ValueError(f"levels must be >= 2, got {levels}")
 
+    # How many rows above a pixel can reach its logits (None: all of them). Sampling then
+    # runs the model only on that band of rows, which gives the same logits.
+    rows_above: int | None = None
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -85,8 +89,8 @@ class AutoregressiveModel(nn.Module):
                device: torch.device | str | None = None) -> torch.Tensor:
         """Draw n images subpixel by subpixel -> LongTensor (n, C, H, W).
 
-        Row i's logits depend only on rows <= i, so each step runs the model on the
-        rows reached so far, not on the whole image.
+        Row i's logits depend only on rows <= i (and on at most `rows_above` of them),
+        so each step runs the model on that band of rows, not on the whole image.
         """
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
@@ -95,10 +99,11 @@ class AutoregressiveModel(nn.Module):
         self.eval()
         try:
             for i in range(H):
+                top = 0 if self.rows_above is None else max(0, i - self.rows_above)
                 for j in range(W):
                     for c in range(C):
-                        logits = self.logits(x[:, :, : i + 1])  # rows 0..i only
-                        x[:, c, i, j] = self._draw(logits[:, c, ..., i, j], generator)
+                        logits = self.logits(x[:, :, top:i + 1])  # rows top..i only
+                        x[:, c, i, j] = self._draw(logits[:, c, ..., -1, j], generator)
         finally:
             self.train(was_training)
         return x

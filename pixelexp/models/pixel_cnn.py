@@ -40,6 +40,8 @@ class PixelCNN(AutoregressiveModel):
         self.layers = nn.ModuleList(
             MaskedConv2d(hidden_dims, hidden_dims, 3, "B", C) for _ in range(recurrent_length))
         self.head = OutputHead(hidden_dims, out_hidden_dims, out_recurrent_length, C, self.levels)
+        # Each k x k layer reaches k // 2 rows further up; the 1x1 head reaches none.
+        self.rows_above = 3 + recurrent_length
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input(x)  # (B, h, H, W)

@@ -48,3 +48,46 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """Draw n images, keeping each layer's states instead of recomputing the image.
+
+        Per subpixel it computes one position of every layer (the left-to-right step),
+        and per finished row the right-to-left scan of that row: O(H*W*layers) small
+        steps instead of O(H*W) whole forward passes. It draws in the same order and
+        shapes as `AutoregressiveModel.sample`, so with the same generator it returns
+        the same images (tested).
+        """
+        C, H, W = self.image_shape
+        device = device or next(self.parameters()).device
+        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        was_training = self.training
+        self.eval()
+        like = self.input.weight.new_zeros(())
+        caches = [layer.new_cache(n, W, like) for layer in self.layers]
+        reach = self.input.kernel_size[0] // 2  # rows above that the 7x7 input layer sees
+        try:
+            for i in range(H):
+                top = max(0, i - reach)
+                for j in range(W):
+                    for c in range(C):
+                        # Input layer at (i, j): only rows top..i of the image matter.
+                        h = self.input(self.scale(x[:, :, top:i + 1]))[:, :, -1, j]  # (n, 2h)
+                        states = []
+                        for layer, cache in zip(self.layers, caches):
+                            out, state = layer.step(h, cache, j)
+                            states.append((h, state))
+                            h = out
+                        logits = self.head(h[:, :, None, None])[:, :, 0, 0]  # (n, C) or (n, C*L)
+                        if self.levels > 2:
+                            logits = logits.view(n, C, self.levels)
+                        x[:, c, i, j] = self._draw(logits[:, c], generator)
+                    for layer, cache, (inp, state) in zip(self.layers, caches, states):
+                        layer.commit(cache, j, inp, state)
+                for layer, cache in zip(self.layers, caches):
+                    layer.finish_row(cache)
+        finally:
+            self.train(was_training)
+        return x

@@ -84,9 +84,61 @@ class DiagonalBiLSTM(nn.Module):
             above = F.pad(h, (0, 0, 1, 0))[:, :, :-1].reshape(2, B * H, hd)  # row r sees row r-1
             g = torch.baddbmm(g_in, above, w_above)  # (2, B*H, 4h)
             g = torch.baddbmm(g, h.view(2, B * H, hd), w_left)
-            ifo, cell = g.split([3 * hd, hd], dim=-1)
-            i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
-            c = torch.addcmul(f * c, i, torch.tanh(cell))
-            h = (o * torch.tanh(c)).view(2, B, H, hd)
+            h, c = lstm_cell(g, c)
+            h = h.view(2, B, H, hd)
             outs.append(h)
         return torch.stack(outs, dim=-1).permute(0, 1, 3, 2, 4)  # (2, B, h, H, P)
+
+    # ------------------------------------------------------------ pixel by pixel, for sampling
+    # The same layer computed in generation order: position (i, j) of the left-to-right
+    # direction needs only its input, the state above (kept from the previous row) and the
+    # state to its left; the right-to-left direction of a row is run once the row is done
+    # (its output only reaches the next row). Left padding states are exactly zero in the
+    # skewed scan (no bias reaches them), which is what starting each row from zeros gives.
+
+    def new_cache(self, n: int, width: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = lambda *s: like.new_zeros(*s)  # noqa: E731
+        hd = self.hidden
+        return {"fw_above": z(n, width, hd), "bw_above": z(n, width, hd), "h_left": z(n, hd),
+                "c_left": z(n, hd), "fw_row": z(n, width, hd), "x_row": z(n, self.output.out_channels, width)}
+
+    def step(self, x: torch.Tensor, cache: dict, j: int) -> tuple[torch.Tensor, tuple]:
+        """Output at (i, j) from its input x (n, channels) -> (out (n, channels), new state)."""
+        hd = self.hidden
+        g = self.input_to_state(x[:, :, None, None])[:, : 4 * hd, 0, 0]  # (n, 4h) left-to-right gates
+        w_above, w_left = self.state_to_state[0].split(hd, dim=0)  # (h, 4h) each
+        g = torch.addmm(torch.addmm(g, cache["fw_above"][:, j], w_above), cache["h_left"], w_left)
+        h, c = lstm_cell(g, cache["c_left"])
+        y = h + cache["bw_above"][:, j]  # right-to-left of the row above: the down-shift
+        out = self.output(y[:, :, None, None])[:, :, 0, 0]
+        return (x + out if self.use_residual else out), (h, c)
+
+    def commit(self, cache: dict, j: int, x: torch.Tensor, state: tuple) -> None:
+        h, c = state
+        cache["h_left"], cache["c_left"] = h, c
+        cache["fw_row"][:, j] = h
+        cache["x_row"][:, :, j] = x
+
+    def finish_row(self, cache: dict) -> None:
+        """Run the right-to-left direction over the finished row; move to the next row."""
+        hd = self.hidden
+        x_row = cache["x_row"]  # (n, channels, W)
+        gates = self.input_to_state(x_row[:, :, None, :])[:, 4 * hd:, 0, :]  # (n, 4h, W)
+        w_above, w_left = self.state_to_state[1].split(hd, dim=0)
+        h = c = x_row.new_zeros(x_row.shape[0], hd)
+        row = torch.zeros_like(cache["bw_above"])
+        for j in reversed(range(x_row.shape[-1])):
+            g = torch.addmm(torch.addmm(gates[:, :, j], cache["bw_above"][:, j], w_above), h, w_left)
+            h, c = lstm_cell(g, c)
+            row[:, j] = h
+        cache["bw_above"], cache["fw_above"] = row, cache["fw_row"].clone()
+        cache["h_left"], cache["c_left"] = torch.zeros_like(h), torch.zeros_like(c)
+
+
+def lstm_cell(g: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gates (..., 4h) in the order i, f, o, g and the previous cell (..., h) -> (h, c)."""
+    hd = c.shape[-1]
+    ifo, cell = g.split([3 * hd, hd], dim=-1)
+    i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
+    c = torch.addcmul(f * c, i, torch.tanh(cell))
+    return o * torch.tanh(c), c
