@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, overrides = split_overrides(argv)
-        args = build_parser().parse_args(rest)
+        args, unknown = build_parser().parse_known_args(rest)
+        if unknown:
+            raise UserError(f"unexpected argument {unknown[0]!r}; settings are given as KEY=VALUE "
+                            f"(for example train.lr=3e-4), options as in `python -m pixelexp "
+                            f"{args.command} --help`")
         args.overrides = overrides
         if overrides and args.command not in ("train", "experiment"):
             raise UserError(f"{args.command} takes no key=value settings (got {overrides[0]!r})")
