@@ -19,6 +19,7 @@ is shifted down one row before it is added: row i then only hears from rows < i.
 
 from __future__ import annotations
 
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,33 +62,46 @@ class DiagonalBiLSTM(nn.Module):
             self.input_to_state.bias.view(2, 4, hidden)[:, 1].fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        W = x.shape[-1]
-        fw, bw = self.input_to_state(x).chunk(2, dim=1)  # (B, 4h, H, W) each
-        gates_in = torch.stack([skew(fw), skew(bw.flip(-1))])  # (2, B, 4h, H, W+H-1)
-        states = self.scan(gates_in)  # (2, B, h, H, W+H-1)
-        h_fw, h_bw = unskew(states.flatten(0, 1), W).unflatten(0, (2, -1))  # (B, h, H, W) each
+        B, ch, H, W = x.shape
+        hd, P = self.hidden, W + H - 1
+        # Skew the input (2h features) rather than the gates (8h): a quarter of the data to move.
+        # A channel of ones rides along, so the skew marks the real pixels: the gate biases
+        # are its weights and the padding gets none (its gates, and so its states, stay zero).
+        ones = x.new_ones(B, 1, H, W)
+        x1 = torch.cat([x, ones], dim=1)  # (B, ch+1, H, W)
+        both = torch.stack([x1, x1.flip(-1)])  # (2, B, ch+1, H, W): right-to-left = mirrored image
+        seq = skew(both.flatten(0, 1)).view(2, B, ch + 1, H, P)
+        seq = seq.permute(0, 4, 1, 3, 2).reshape(2, P, B * H, ch + 1)  # time-major: a slab per diagonal
+        # The 1x1 input-to-state convolution (and its bias) as a matmul per direction, done
+        # inside the scan: the (2, P, B*H, 4h) gate tensor is never built in memory.
+        conv = self.input_to_state
+        w = torch.cat([(conv.weight * conv.mask)[:, :, 0, 0], conv.bias[:, None]], dim=1)  # (8h, ch+1)
+        states = self.scan(seq, w.view(2, 4 * hd, ch + 1).transpose(1, 2), B, H)  # (2, P, B, H, h)
+        states = states.permute(0, 2, 4, 3, 1).reshape(2 * B, hd, H, P)
+        h_fw, h_bw = unskew(states, W).view(2, B, hd, H, W)  # (B, h, H, W) each
         y = h_fw + down_shift(h_bw.flip(-1))  # right-to-left shifted down: no leak
         out = self.output(y)
         return x + out if self.use_residual else out
 
-    def scan(self, gates_in: torch.Tensor) -> torch.Tensor:
-        """LSTM over the columns of the skewed map, both directions at once:
-        (2, B, 4h, H, P) -> (2, B, h, H, P)."""
-        _, B, _, H, P = gates_in.shape
+    def scan(self, seq: torch.Tensor, w_in: torch.Tensor, B: int, H: int) -> torch.Tensor:
+        """LSTM over the diagonals, both directions at once.
+
+        seq: (2, P, B*H, ch+1) skewed inputs, w_in: (2, ch+1, 4h) -> states (2, P, B, H, h).
+        """
         hd = self.hidden
-        steps = gates_in.permute(4, 0, 1, 3, 2).reshape(P, 2, B * H, 4 * hd)  # one slab per column
-        h = gates_in.new_zeros(2, B, H, hd)
-        c = gates_in.new_zeros(2, B * H, hd)
+        h = seq.new_zeros(2, B, H, hd)
+        c = seq.new_zeros(2, B * H, hd)
         outs = []
         w_above, w_left = self.state_to_state.split(hd, dim=1)  # (2, h, 4h) each
-        for g_in in steps.unbind(0):  # P steps, one per diagonal (unbind: cheap backward)
+        for x_t in seq.unbind(1):  # P steps, one per diagonal (unbind: cheap backward)
             above = F.pad(h, (0, 0, 1, 0))[:, :, :-1].reshape(2, B * H, hd)  # row r sees row r-1
-            g = torch.baddbmm(g_in, above, w_above)  # (2, B*H, 4h)
-            g = torch.baddbmm(g, h.view(2, B * H, hd), w_left)
+            g = torch.bmm(x_t, w_in)  # (2, B*H, 4h): input-to-state
+            g = torch.baddbmm(g, above, w_above)  # + state-to-state, the pixel above
+            g = torch.baddbmm(g, h.view(2, B * H, hd), w_left)  # + the pixel to the left
             h, c = lstm_cell(g, c)
             h = h.view(2, B, H, hd)
             outs.append(h)
-        return torch.stack(outs, dim=-1).permute(0, 1, 3, 2, 4)  # (2, B, h, H, P)
+        return torch.stack(outs, dim=1)
 
     # ------------------------------------------------------------ pixel by pixel, for sampling
     # The same layer computed in generation order: position (i, j) of the left-to-right
