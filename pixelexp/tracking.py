@@ -26,7 +26,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from pixelexp.errors import UserError  # noqa: E402
 
@@ -176,5 +176,5 @@ class RunLog:
                 self.set_tags({"pixelexp.error": f"{exc_type.__name__}: {exc}"[:5000]})
 
 
-__all__ = ["Tracker", "RunLog", "RunStatus", "tracking_uri", "git_state", "metric_history",
+__all__ = ["Tracker", "RunLog", "tracking_uri", "git_state", "metric_history",
            "download", "list_artifacts"]
