@@ -64,6 +64,7 @@ class ModelConfig:
     out_hidden_dims: int = opt(32, help="features of the 1x1 output layers", min=1)
     out_recurrent_length: int = opt(2, help="number of ReLU + 1x1 output layers", min=0)
     use_residual: bool = opt(True, help="residual connections around each layer")
+    use_skip: bool = opt(False, help="skip connections: every layer's output reaches the output layers")
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def model_hparams(cfg: Config) -> dict:
     m = cfg.model
     return dict(hidden_dims=m.hidden_dims, recurrent_length=m.recurrent_length,
                 out_hidden_dims=m.out_hidden_dims, out_recurrent_length=m.out_recurrent_length,
-                use_residual=m.use_residual)
+                use_residual=m.use_residual, use_skip=m.use_skip)
 
 
 def make_model(cfg: Config, image_shape, levels: int) -> AutoregressiveModel:

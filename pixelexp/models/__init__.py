@@ -9,13 +9,17 @@ import inspect
 
 from pixelexp.errors import ConfigError
 from pixelexp.models.base import AutoregressiveModel
+from pixelexp.models.diagonal_bilstm import DiagonalBiLSTMPixelRNN
 from pixelexp.models.pixel_cnn import PixelCNN
-from pixelexp.models.pixel_rnn import DiagonalBiLSTMPixelRNN
+from pixelexp.models.row_lstm import RowLSTMPixelRNN
 
 MODELS: dict[str, type[AutoregressiveModel]] = {
     "pixel_cnn": PixelCNN,
-    "pixel_rnn": DiagonalBiLSTMPixelRNN,
+    "row_lstm": RowLSTMPixelRNN,
+    "diagonal_bilstm": DiagonalBiLSTMPixelRNN,
+    "pixel_rnn": DiagonalBiLSTMPixelRNN,  # the core's name for the Diagonal BiLSTM
 }
+ALIASES = {"pixel_rnn": "diagonal_bilstm"}
 
 
 def build_model(name: str, image_shape: tuple[int, int, int], levels: int, **hparams) -> AutoregressiveModel:
@@ -34,4 +38,4 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "build_model", "count_parameters", "AutoregressiveModel"]
+__all__ = ["MODELS", "ALIASES", "build_model", "count_parameters", "AutoregressiveModel"]

@@ -36,6 +36,16 @@ class OutputHead(nn.Module):
         return self.logits(F.relu(x))
 
 
+def run_layers(x: torch.Tensor, layers: nn.ModuleList, use_skip: bool) -> torch.Tensor:
+    """The layer stack; with skip connections every layer's output reaches the head
+    (their sum), as in the paper's comparison of residual and skip connections."""
+    total = None
+    for layer in layers:
+        x = layer(x)
+        total = x if total is None else total + x
+    return total if use_skip and total is not None else x
+
+
 class AutoregressiveModel(nn.Module):
     """Base class: subclasses set `self.head` and implement `features`.
 

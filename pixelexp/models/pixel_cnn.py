@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelexp.models.base import AutoregressiveModel, OutputHead
+from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
 from pixelexp.nn.masked import MaskedConv2d
 
 
@@ -29,23 +29,35 @@ class PixelCNN(AutoregressiveModel):
         out_hidden_dims: features of the 1x1 output layers.
         out_recurrent_length: number of ReLU + 1x1 output layers.
         use_residual: add each 3x3 layer's input to its output.
+        use_skip: feed the sum of all layers' outputs to the head.
     """
 
     def __init__(self, image_shape, levels, hidden_dims: int = 16, recurrent_length: int = 7,
-                 out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True):
+                 out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True,
+                 use_skip: bool = False):
         super().__init__(image_shape, levels)
         C = self.image_shape[0]
         self.use_residual = use_residual
+        self.use_skip = use_skip
         self.input = MaskedConv2d(C, hidden_dims, 7, "A", C)
         self.layers = nn.ModuleList(
-            MaskedConv2d(hidden_dims, hidden_dims, 3, "B", C) for _ in range(recurrent_length))
+            MaskedConvBlock(hidden_dims, C, use_residual) for _ in range(recurrent_length))
         self.head = OutputHead(hidden_dims, out_hidden_dims, out_recurrent_length, C, self.levels)
         # Each k x k layer reaches k // 2 rows further up; the 1x1 head reaches none.
         self.rows_above = 3 + recurrent_length
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input(x)  # (B, h, H, W)
-        for layer in self.layers:
-            y = layer(F.relu(x))
-            x = x + y if self.use_residual else y
-        return x
+        return run_layers(self.input(x), self.layers, self.use_skip)  # (B, h, H, W)
+
+
+class MaskedConvBlock(nn.Module):
+    """ReLU, then a 3x3 mask-B convolution; the input added back when residual."""
+
+    def __init__(self, channels: int, image_channels: int, use_residual: bool):
+        super().__init__()
+        self.conv = MaskedConv2d(channels, channels, 3, "B", image_channels)
+        self.use_residual = use_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.relu(x))
+        return x + y if self.use_residual else y

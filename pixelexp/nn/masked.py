@@ -52,22 +52,23 @@ class MaskedConv2d(nn.Conv2d):
 
     Args:
         in_channels, out_channels: feature maps in and out.
-        kernel_size: odd, so that the kernel has a centre.
+        kernel_size: k or (kh, kw), odd, so that the kernel has a centre (Row LSTM: (1, 3)).
         mask_type: "A" (the first layer: excludes the current subpixel) or "B".
         image_channels: 1 for gray, 3 for RGB: the number of channel groups.
         in_groups, out_groups: group id per channel, when not contiguous blocks.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str,
-                 image_channels: int = 1, in_groups: torch.Tensor | None = None,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 mask_type: str, image_channels: int = 1, in_groups: torch.Tensor | None = None,
                  out_groups: torch.Tensor | None = None, bias: bool = True):
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        if kh % 2 != 1 or kw % 2 != 1:
+            raise ValueError(f"kernel sizes must be odd, got {kernel_size}")
+        super().__init__(in_channels, out_channels, (kh, kw), padding=(kh // 2, kw // 2), bias=bias)
         in_g = channel_groups(in_channels, image_channels) if in_groups is None else in_groups
         out_g = channel_groups(out_channels, image_channels) if out_groups is None else out_groups
         self.mask_type = mask_type
-        self.register_buffer("mask", causal_mask(out_g, in_g, (kernel_size, kernel_size), mask_type),
+        self.register_buffer("mask", causal_mask(out_g, in_g, (kh, kw), mask_type),
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

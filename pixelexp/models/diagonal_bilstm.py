@@ -1,4 +1,4 @@
-"""PixelRNN with Diagonal BiLSTM layers.
+"""PixelRNN with Diagonal BiLSTM layers (`diagonal_bilstm`, alias `pixel_rnn`).
 
 Pixel Recurrent Neural Networks, van den Oord, Kalchbrenner & Kavukcuoglu, ICML 2016,
 sections 3.2 and 3.4 (https://arxiv.org/abs/1601.06759).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pixelexp.models.base import AutoregressiveModel, OutputHead
+from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
 from pixelexp.nn.lstm import DiagonalBiLSTM
 from pixelexp.nn.masked import MaskedConv2d
 
@@ -31,23 +31,23 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         out_hidden_dims: features of the 1x1 output layers.
         out_recurrent_length: number of ReLU + 1x1 output layers.
         use_residual: residual connection around each LSTM layer.
+        use_skip: feed the sum of all layers' outputs to the head.
     """
 
     def __init__(self, image_shape, levels, hidden_dims: int = 16, recurrent_length: int = 7,
-                 out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True):
+                 out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True,
+                 use_skip: bool = False):
         super().__init__(image_shape, levels)
         C = self.image_shape[0]
         width = 2 * hidden_dims
+        self.use_skip = use_skip
         self.input = MaskedConv2d(C, width, 7, "A", C)
         self.layers = nn.ModuleList(
             DiagonalBiLSTM(width, hidden_dims, C, use_residual) for _ in range(recurrent_length))
         self.head = OutputHead(width, out_hidden_dims, out_recurrent_length, C, self.levels)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input(x)  # (B, 2h, H, W)
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return run_layers(self.input(x), self.layers, self.use_skip)  # (B, 2h, H, W)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
@@ -75,12 +75,14 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
                     for c in range(C):
                         # Input layer at (i, j): only rows top..i of the image matter.
                         h = self.input(self.scale(x[:, :, top:i + 1]))[:, :, -1, j]  # (n, 2h)
-                        states = []
+                        states, total = [], 0
                         for layer, cache in zip(self.layers, caches):
                             out, state = layer.step(h, cache, j)
                             states.append((h, state))
                             h = out
-                        logits = self.head(h[:, :, None, None])[:, :, 0, 0]  # (n, C) or (n, C*L)
+                            total = total + out
+                        feats = total if self.use_skip else h
+                        logits = self.head(feats[:, :, None, None])[:, :, 0, 0]  # (n, C) or (n, C*L)
                         if self.levels > 2:
                             logits = logits.view(n, C, self.levels)
                         x[:, c, i, j] = self._draw(logits[:, c], generator)

@@ -1,0 +1,69 @@
+"""The Row LSTM layer of PixelRNN (van den Oord et al., 2016, section 3.1).
+
+The LSTM runs down the image one row at a time. Its input-to-state part is a k x 1
+masked convolution along the row (k = 3; mask B: the pixel itself and the one to its
+left), computed for the whole map at once; its state-to-state part is a k x 1
+convolution over the previous row's hidden states. Pixel (i, j) so hears from the
+previous row's states at j-1, j, j+1, which heard from j-2..j+2 of the row before:
+a triangle above the pixel.
+
+    row i-2:   . x x x x x .
+    row i-1:   . . x x x . .        state-to-state, k = 3
+    row i:     . . x o . . .        input-to-state (mask B), o = current pixel
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pixelexp.nn.lstm import lstm_cell
+from pixelexp.nn.masked import MaskedConv2d, channel_groups
+
+
+class RowLSTM(nn.Module):
+    """One Row LSTM layer with a residual connection: (B, channels, H, W) -> same.
+
+    Args:
+        channels: features of the input and output maps (2h).
+        hidden: LSTM units (h).
+        image_channels: channel groups for the masks (1 gray, 3 RGB).
+        use_residual: add the input to the output.
+        kernel: k of the k x 1 convolutions (odd).
+    """
+
+    def __init__(self, channels: int, hidden: int, image_channels: int = 1, use_residual: bool = True,
+                 kernel: int = 3):
+        super().__init__()
+        self.hidden = hidden
+        self.use_residual = use_residual
+        unit_groups = channel_groups(hidden, image_channels)
+        # Gate channels laid out (gate i/f/o/g, unit), each with its unit's group.
+        self.input_to_state = MaskedConv2d(channels, 4 * hidden, (1, kernel), "B", image_channels,
+                                           out_groups=unit_groups.repeat(4))
+        # The previous row is all in the past: no mask. Biases live in input_to_state.
+        self.state_to_state = nn.Conv1d(hidden, 4 * hidden, kernel, padding=kernel // 2, bias=False)
+        self.output = MaskedConv2d(hidden, channels, 1, "B", image_channels, in_groups=unit_groups)
+        with torch.no_grad():  # forget gates start open
+            self.input_to_state.bias.view(4, hidden)[1].fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        gates = self.input_to_state(x).permute(2, 0, 3, 1)  # (H, B, W, 4h): a slab per row
+        h = c = x.new_zeros(B, W, self.hidden)
+        rows = []
+        for g_in in gates.unbind(0):  # H steps
+            h, c = self.row_step(g_in, h, c)
+            rows.append(h)
+        states = torch.stack(rows, dim=2).permute(0, 3, 2, 1)  # (B, h, H, W)
+        return self.finish(x, states)
+
+    def row_step(self, g_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """One row: input gates (B, W, 4h), previous row's h and c (B, W, h) -> new h, c."""
+        g = g_in + self.state_to_state(h.transpose(1, 2)).transpose(1, 2)  # (B, W, 4h)
+        return lstm_cell(g, c)
+
+    def finish(self, x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        out = self.output(states)
+        return x + out if self.use_residual else out
