@@ -1,4 +1,4 @@
-"""python -m pixelexp {train,experiment,report,sample} ...
+"""python -m pixelexp {train,experiment,report,sample,receptive-field} ...
 
 Every user error (bad config, missing data, bad checkpoint, bad arguments) ends with
 one line on stderr saying what is wrong and how to fix it, and exit code 2.
@@ -44,7 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="PNG path (default: reports/samples/<run id>.png)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    f = sub.add_parser("receptive-field", help="picture which inputs reach one pixel (from gradients)")
+    f.add_argument("model", help="model name, e.g. pixel_cnn, gated_pixel_cnn, diagonal_bilstm")
+    f.add_argument("--pixel", default=None, help="i,j of the pixel (default: the centre)")
+    f.add_argument("--size", default="15,15", help="H,W of the image (default 15,15)")
+    f.add_argument("--layers", type=int, default=3, help="recurrent_length (default 3)")
+    f.add_argument("--out", help="PNG path (default: reports/receptive_field/<model>.png)")
     return p
+
+
+def _pair(text: str | None, flag: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} takes two integers like 7,7, got {text!r}") from None
+    return a, b
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -83,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from pixelexp.report import make_report
             make_report(args.experiment, parent_run_id=args.parent, out_dir=args.out)
+        elif args.command == "receptive-field":
+            from pixelexp.models import MODELS
+            from pixelexp.receptive import receptive_field_image
+            if args.model not in MODELS:
+                raise UserError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+            if args.layers < 1:
+                raise UserError(f"--layers must be >= 1, got {args.layers}")
+            size = _pair(args.size, "--size")
+            if min(size) < 1:
+                raise UserError(f"--size must be positive, got {args.size}")
+            receptive_field_image(args.model, _pair(args.pixel, "--pixel"), size, out=args.out,
+                                  hidden_dims=8, recurrent_length=args.layers, out_hidden_dims=8)
         elif args.command == "sample":
             if args.n < 1:
                 raise UserError(f"sample: --n must be >= 1, got {args.n}")

@@ -65,6 +65,7 @@ class ModelConfig:
     out_recurrent_length: int = opt(2, help="number of ReLU + 1x1 output layers", min=0)
     use_residual: bool = opt(True, help="residual connections around each layer")
     use_skip: bool = opt(False, help="skip connections: every layer's output reaches the output layers")
+    conditional: bool = opt(False, help="condition on the class label (gated_pixel_cnn)")
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,13 @@ def resolve(layers: list[dict[str, Any]], wheres: list[str]) -> Config:
 
 def _check_consistency(cfg: Config, where: dict[str, str]) -> None:
     """Rules that tie two keys together."""
+    if cfg.model.conditional:
+        from pixelexp.models import MODELS
+        if not _accepts(MODELS.get(cfg.model.name), "conditional"):
+            w = where.get("model.conditional", "defaults")
+            conditional = [n for n, m in MODELS.items() if _accepts(m, "conditional")]
+            raise ConfigError(f"{w}: model.conditional=true but {cfg.model.name} is not class-conditional; "
+                              f"use model.name={' or '.join(conditional)}, or model.conditional=false")
     d = cfg.data
     w = where.get("data.binarize", where.get("data.levels", "defaults"))
     if d.levels == 2 and d.binarize == "none":
@@ -263,6 +271,11 @@ def _check_consistency(cfg: Config, where: dict[str, str]) -> None:
     if d.levels > 2 and d.binarize != "none":
         raise ConfigError(f"{w}: data.binarize={d.binarize} makes 2-level data but data.levels={d.levels}; "
                           f"set data.binarize=none for {d.levels} levels, or data.levels=2")
+
+
+def _accepts(cls, name: str) -> bool:
+    import inspect
+    return cls is not None and name in inspect.signature(cls.__init__).parameters
 
 
 # ---------------------------------------------------------------------------- experiment files

@@ -40,7 +40,7 @@ def preflight(exp: Experiment) -> None:
         cfg = v.config
         pick_device(cfg.train.device)
         data = load_data(cfg.data)
-        make_model(cfg, data.image_shape, data.levels)
+        make_model(cfg, data.image_shape, data.levels, data.num_classes)
 
 
 def run_experiment(path: str | Path, overrides: list[str] | None = None, *, report: bool = True,

@@ -33,7 +33,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
         cfg = config_from_dict(ckpt["config"], f"{path} (config)")
     except ConfigError as e:
         raise CheckpointError(f"{e}; the checkpoint was written by another pixelexp version") from None
-    model = make_model(cfg, tuple(ckpt["image_shape"]), int(ckpt["levels"]))
+    model = make_model(cfg, tuple(ckpt["image_shape"]), int(ckpt["levels"]), ckpt.get("num_classes"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -48,7 +48,7 @@ def sample_run(run_id: str, n: int = 64, out: str | Path | None = None, seed: in
     with tempfile.TemporaryDirectory() as tmp:
         local = tracking.download(run_id, CHECKPOINT_ARTIFACT, tmp)
         model, cfg, ckpt = load_checkpoint(local, str(dev))
-    images = draw_samples(model, n, seed, dev)
+    images = draw_samples(model, n, seed, dev, ckpt.get("num_classes"))
     out = Path(out or Path("reports") / "samples" / f"{run_id}.png")
     save_png(upscale(to_grid(images, model.levels), 3), out)
     echo(f"{n} samples of run {run_id} ({cfg.model.name}, epoch {ckpt['epoch']}) written to {out}")

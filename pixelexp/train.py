@@ -63,8 +63,11 @@ def model_hparams(cfg: Config) -> dict:
                 use_residual=m.use_residual, use_skip=m.use_skip)
 
 
-def make_model(cfg: Config, image_shape, levels: int) -> AutoregressiveModel:
-    return build_model(cfg.model.name, image_shape=image_shape, levels=levels, **model_hparams(cfg))
+def make_model(cfg: Config, image_shape, levels: int, num_classes: int | None = None) -> AutoregressiveModel:
+    hparams = model_hparams(cfg)
+    if cfg.model.conditional:
+        hparams.update(conditional=True, num_classes=num_classes or 10)
+    return build_model(cfg.model.name, image_shape=image_shape, levels=levels, **hparams)
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -73,21 +76,23 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
     return torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
 
 
-def nats_per_image(model: AutoregressiveModel, x: torch.Tensor) -> torch.Tensor:
+def nats_per_image(model: AutoregressiveModel, x: torch.Tensor,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C, H, W) ints -> (B,) negative log-likelihood of each image in nats."""
-    return -model.log_prob(x).sum(dim=(1, 2, 3))
+    return -model.log_prob(x, labels).sum(dim=(1, 2, 3))
 
 
 @torch.no_grad()
 def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
-             device: torch.device) -> float:
-    """Mean nats per image over a whole split."""
+             device: torch.device, labels: torch.Tensor | None = None) -> float:
+    """Mean nats per image over a whole split (given its labels, for a conditional model)."""
     was_training = model.training
     model.eval()
     total = 0.0
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).long()
-        total += nats_per_image(model, x).sum().item()
+        y = labels[start:start + batch_size].to(device) if model.conditional else None
+        total += nats_per_image(model, x, y).sum().item()
     model.train(was_training)
     return total / max(len(images), 1)
 
@@ -115,7 +120,8 @@ def train_epoch(model, optimizer, data: DataSplits, cfg: Config, epoch: int, dev
     for k in range(0, len(order), cfg.train.batch_size):
         idx = order[k:k + cfg.train.batch_size]
         x = data.train_batch(idx, g).to(device, non_blocking=True)
-        nats = nats_per_image(model, x)  # (B,)
+        y = data.train_labels[idx].to(device) if model.conditional else None
+        nats = nats_per_image(model, x, y)  # (B,)
         loss = nats.mean() / (dims * LN2)  # bits/dim
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,10 +141,13 @@ def train_epoch(model, optimizer, data: DataSplits, cfg: Config, epoch: int, dev
     return total / seen, time.perf_counter() - start
 
 
-def draw_samples(model: AutoregressiveModel, n: int, seed: int, device) -> torch.Tensor:
-    """n samples with a fixed seed, so grids of different epochs share their noise."""
+def draw_samples(model: AutoregressiveModel, n: int, seed: int, device,
+                 num_classes: int | None = None) -> torch.Tensor:
+    """n samples with a fixed seed, so grids of different epochs share their noise.
+    A conditional model draws the classes in turn (0, 1, ..., 0, 1, ...)."""
     g = torch.Generator(device=device).manual_seed(seed)
-    return model.sample(n, generator=g, device=device)
+    labels = torch.arange(n, device=device) % (num_classes or 10) if model.conditional else None
+    return model.sample(n, generator=g, device=device, labels=labels)
 
 
 def save_checkpoint(path: Path, model, optimizer, cfg: Config, data: DataSplits, epoch: int,
@@ -147,6 +156,7 @@ def save_checkpoint(path: Path, model, optimizer, cfg: Config, data: DataSplits,
     state = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "config": cfg.to_dict(), "image_shape": list(data.image_shape), "levels": data.levels,
+        "num_classes": data.num_classes,
         "epoch": epoch, "metrics": metrics, "data_checksum": data.checksum,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "torch_version": str(torch.__version__),
@@ -165,7 +175,7 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
     device = pick_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     data = load_data(cfg.data)
-    model = make_model(cfg, data.image_shape, data.levels).to(device)
+    model = make_model(cfg, data.image_shape, data.levels, data.num_classes).to(device)
     optimizer = make_optimizer(cfg, model)
     dims = math.prod(data.image_shape)
     n_params = count_parameters(model)
@@ -184,8 +194,9 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
     for epoch in range(1, cfg.train.epochs + 1):
         train_nats, train_s = train_epoch(model, optimizer, data, cfg, epoch, device, label, progress)
         t0 = time.perf_counter()
-        val_nats = evaluate(model, data.val, cfg.train.eval_batch_size, device) if len(data.val) else float("nan")
-        test_nats = evaluate(model, data.test, cfg.train.eval_batch_size, device)
+        bs = cfg.train.eval_batch_size
+        val_nats = evaluate(model, data.val, bs, device, data.val_labels) if len(data.val) else float("nan")
+        test_nats = evaluate(model, data.test, bs, device, data.test_labels)
         epoch_s = train_s + time.perf_counter() - t0
         elapsed += epoch_s
         m = {"train_bpd": bits_per_dim(train_nats, dims), "val_bpd": bits_per_dim(val_nats, dims),
@@ -206,7 +217,8 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
         every = cfg.track.sample_every
         if last or (every and epoch % every == 0):
             t0 = time.perf_counter()
-            result.samples = draw_samples(model, cfg.track.sample_count, cfg.train.seed, device)
+            result.samples = draw_samples(model, cfg.track.sample_count, cfg.train.seed, device,
+                                          data.num_classes)
             if log is not None:
                 log.log_image(to_grid(result.samples, data.levels), key="samples", step=epoch)
             echo(f"[{label}] {cfg.track.sample_count} samples in {time.perf_counter() - t0:.1f} s")

@@ -159,12 +159,13 @@ def test_fast_rnn_sampler_returns_the_naive_samplers_images(name, shape, levels,
     assert fast.float().std() > 0  # not a degenerate all-zero draw
 
 
-def test_pixel_cnn_sampler_band_of_rows_changes_nothing():
-    """Sampling PixelCNN on only the rows its receptive field reaches draws the same
-    images as running it on every row above."""
+@pytest.mark.parametrize("name,reach", [("pixel_cnn", 4), ("gated_pixel_cnn", 5)])
+def test_convolutional_samplers_band_of_rows_changes_nothing(name, reach):
+    """Sampling a convolutional model on only the rows its receptive field reaches draws
+    the same images as running it on every row above."""
     shape, levels = (1, 9, 4), 2
-    model = make("pixel_cnn", shape, levels, recurrent_length=1)  # reaches 4 rows up
-    assert model.rows_above == 4
+    model = make(name, shape, levels, recurrent_length=1)
+    assert model.rows_above == reach
     banded = model.sample(5, generator=torch.Generator().manual_seed(0))
     model.rows_above = None
     full = model.sample(5, generator=torch.Generator().manual_seed(0))
@@ -173,5 +174,47 @@ def test_pixel_cnn_sampler_band_of_rows_changes_nothing():
     x = torch.randint(0, levels, (1, *shape))
     with torch.no_grad():
         ref = model.logits(x)[..., 8, :]
-        cut = model.logits(x[:, :, 8 - 3:])[..., -1, :]
+        cut = model.logits(x[:, :, 8 - reach + 1:])[..., -1, :]
     assert not torch.allclose(ref, cut)
+
+
+
+def test_conditional_gated_pixel_cnn_uses_the_label():
+    shape = (1, 4, 4)
+    model = make("gated_pixel_cnn", shape, 2, conditional=True, num_classes=10)
+    x = torch.randint(0, 2, (3, *shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = model.log_prob(x, torch.tensor([0, 1, 2]))
+        b = model.log_prob(x, torch.tensor([0, 7, 2]))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])  # other rows untouched
+    assert (a[1] - b[1]).abs().max() > 1e-6  # the label changes the distribution
+    # A normalised distribution for each label.
+    small = make("gated_pixel_cnn", (1, 1, 3), 2, conditional=True, num_classes=10)
+    imgs = all_images((1, 1, 3), 2)
+    for label in (0, 5):
+        with torch.no_grad():
+            total = small.log_prob(imgs, torch.full((len(imgs),), label)).sum((1, 2, 3)).exp().sum()
+        assert abs(total.item() - 1) < 1e-6
+
+
+def test_conditional_sampling_honours_the_labels():
+    model = make("gated_pixel_cnn", (1, 3, 3), 2, conditional=True, num_classes=10).float()
+    labels = torch.tensor([3, 3, 9, 0, 1])
+    s = model.sample(labels=labels, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (5, 1, 3, 3)
+    with pytest.raises(ValueError, match="labels of shape"):
+        model.sample(2)  # a conditional model needs labels
+    with pytest.raises(ValueError, match="labels of shape"):
+        model.sample(4, labels=labels)  # n and labels disagree
+    with pytest.raises(ValueError, match="not class-conditional"):
+        make("pixel_cnn", (1, 3, 3), 2).sample(2, labels=torch.tensor([1, 2]))
+
+
+def test_conditional_causality():
+    shape = (3, 3, 3)
+    model = make("gated_pixel_cnn", shape, 4, conditional=True, num_classes=10)
+    fixed = torch.tensor([4] * 8)
+    wrapped = type("Fixed", (), {  # the same model with its label fixed
+        "log_prob": lambda self, x: model.log_prob(x, fixed[: len(x)]),
+        "logits": lambda self, x: model.logits(x, fixed[: len(x)])})()
+    assert causality_violation(wrapped, shape, 4) is None

@@ -78,3 +78,26 @@ def test_checkpoint_round_trip_and_bad_files(mnist10k, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a pixelexp checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_conditional_training_uses_labels_end_to_end(mnist10k, tmp_path):
+    cfg = quick_cfg(mnist10k, "train.epochs=1", "data.train_limit=100", "data.test_limit=40",
+                    "model.name=gated_pixel_cnn", "model.conditional=true", "model.hidden_dims=8",
+                    "model.recurrent_length=1", "track.sample_count=10")
+    res = run(cfg, progress=False, echo=lambda *_: None)
+    assert res.model.conditional and res.samples.shape == (10, 1, 28, 28)
+    from pixelexp.data import load_data
+    data = load_data(cfg.data)
+    x, y = data.test[:8].long(), data.test_labels[:8]
+    with torch.no_grad():  # the trained model's likelihood depends on the label it is given
+        assert not torch.equal(res.model.log_prob(x, y), res.model.log_prob(x, (y + 1) % 10))
+    opt = torch.optim.Adam(res.model.parameters())
+    path = save_checkpoint(tmp_path / "c.pt", res.model, opt, cfg, data, 1, res.metrics)
+    model, _, ckpt = load_checkpoint(path)
+    assert model.conditional and ckpt["num_classes"] == 10
+
+
+def test_conditional_needs_a_conditional_model():
+    from pixelexp.errors import ConfigError
+    with pytest.raises(ConfigError, match="gated_pixel_cnn"):
+        load_config(None, ["model.name=pixel_cnn", "model.conditional=true"])

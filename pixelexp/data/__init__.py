@@ -43,6 +43,11 @@ class DataSplits:
     checksum: str  # sha256 of the arrays trained and evaluated on
 
     @property
+    def num_classes(self) -> int:
+        labels = torch.cat([self.train_labels, self.val_labels, self.test_labels])
+        return int(labels.max()) + 1 if len(labels) else 0
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.shape[1:])  # type: ignore[return-value]
 

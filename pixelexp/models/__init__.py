@@ -10,11 +10,13 @@ import inspect
 from pixelexp.errors import ConfigError
 from pixelexp.models.base import AutoregressiveModel
 from pixelexp.models.diagonal_bilstm import DiagonalBiLSTMPixelRNN
+from pixelexp.models.gated_pixel_cnn import GatedPixelCNN
 from pixelexp.models.pixel_cnn import PixelCNN
 from pixelexp.models.row_lstm import RowLSTMPixelRNN
 
 MODELS: dict[str, type[AutoregressiveModel]] = {
     "pixel_cnn": PixelCNN,
+    "gated_pixel_cnn": GatedPixelCNN,
     "row_lstm": RowLSTMPixelRNN,
     "diagonal_bilstm": DiagonalBiLSTMPixelRNN,
     "pixel_rnn": DiagonalBiLSTMPixelRNN,  # the core's name for the Diagonal BiLSTM

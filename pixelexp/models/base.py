@@ -64,24 +64,36 @@ class AutoregressiveModel(nn.Module):
     # How many rows above a pixel can reach its logits (None: all of them). Sampling then
     # runs the model only on that band of rows, which gives the same logits.
     rows_above: int | None = None
+    # Class-conditional models take `labels` (B,) in logits, log_prob and sample.
+    conditional: bool = False
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def _check_labels(self, labels: torch.Tensor | None, n: int) -> None:
+        if not self.conditional:
+            if labels is not None:
+                raise ValueError(f"{type(self).__name__} is not class-conditional: give no labels")
+            return
+        if labels is None or labels.shape != (n,):
+            raise ValueError(f"{type(self).__name__} is class-conditional: give labels of shape ({n},)")
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """Integers in [0, L) -> floats: {0, 1} for 2 levels, else [-1, 1]."""
         x = x.to(self.head.logits.weight.dtype)
         return x if self.levels == 2 else x * (2.0 / (self.levels - 1)) - 1.0
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) ints -> (B, C, H, W) Bernoulli logits or (B, C, L, H, W)."""
         B, C, H, W = x.shape
-        out = self.head(self.features(self.scale(x)))
+        self._check_labels(labels, B)
+        feats = self.features(self.scale(x)) if labels is None else self.features(self.scale(x), labels)
+        out = self.head(feats)
         return out if self.levels == 2 else out.view(B, C, self.levels, H, W)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) ints -> (B, C, H, W): ln p(subpixel | all before it)."""
-        return self.log_prob_from_logits(self.logits(x), x)
+    def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) ints -> (B, C, H, W): ln p(subpixel | all before it [, label])."""
+        return self.log_prob_from_logits(self.logits(x, labels), x)
 
     def log_prob_from_logits(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.levels == 2:
@@ -95,15 +107,22 @@ class AutoregressiveModel(nn.Module):
         return torch.multinomial(logits.float().softmax(-1), 1, generator=generator).squeeze(-1)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
-        """Draw n images subpixel by subpixel -> LongTensor (n, C, H, W).
+    def sample(self, n: int | None = None, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw n images subpixel by subpixel -> LongTensor (n, C, H, W); a conditional
+        model draws one image per label (n defaults to len(labels)).
 
         Row i's logits depend only on rows <= i (and on at most `rows_above` of them),
         so each step runs the model on that band of rows, not on the whole image.
         """
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
+        if labels is not None:
+            labels = labels.to(device).long()
+            n = len(labels) if n is None else n
+        if n is None:
+            raise ValueError("sample needs n (or labels, for a conditional model)")
+        self._check_labels(labels, n)
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
         was_training = self.training
         self.eval()
@@ -112,7 +131,7 @@ class AutoregressiveModel(nn.Module):
                 top = 0 if self.rows_above is None else max(0, i - self.rows_above)
                 for j in range(W):
                     for c in range(C):
-                        logits = self.logits(x[:, :, top:i + 1])  # rows top..i only
+                        logits = self.logits(x[:, :, top:i + 1], labels)  # rows top..i only
                         x[:, c, i, j] = self._draw(logits[:, c, ..., -1, j], generator)
         finally:
             self.train(was_training)

@@ -50,8 +50,8 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         return run_layers(self.input(x), self.layers, self.use_skip)  # (B, 2h, H, W)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
+    def sample(self, n: int | None = None, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Draw n images, keeping each layer's states instead of recomputing the image.
 
         Per subpixel it computes one position of every layer (the left-to-right step),
@@ -60,6 +60,7 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         shapes as `AutoregressiveModel.sample`, so with the same generator it returns
         the same images (tested).
         """
+        self._check_labels(labels, n)
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)

@@ -61,11 +61,12 @@ class RowLSTMPixelRNN(AutoregressiveModel):
         return (total if self.use_skip else h), new_states
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
+    def sample(self, n: int | None = None, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Draw n images keeping each layer's previous-row state: per subpixel one row of
         every layer is computed, not the whole image. Same draws as the naive sampler
         for the same generator (tested)."""
+        self._check_labels(labels, n)
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
