@@ -19,12 +19,22 @@ import numpy as np
 import torch
 
 from pixelexp.config import DataConfig
+from pixelexp.data.cifar import load_cifar10
+from pixelexp.data.fashion_mnist import load_fashion_mnist
 from pixelexp.data.mnist import load_mnist
+from pixelexp.data.npz import load_folder, load_imagenet
 from pixelexp.data.source import RawData
 from pixelexp.errors import DataError
 
-DATASETS: dict[str, Callable[[Path], RawData]] = {
-    "mnist": load_mnist,
+# name -> loader(root, explicit): `explicit` says data.root was set in the config, so the
+# loader may look in root itself rather than only in its own subfolder.
+DATASETS: dict[str, Callable[[Path, bool], RawData]] = {
+    "mnist": lambda root, explicit: load_mnist(root),
+    "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+    "imagenet32": load_imagenet(32),
+    "imagenet64": load_imagenet(64),
+    "folder": load_folder,
 }
 
 
@@ -93,7 +103,7 @@ def _checksum(*arrays: np.ndarray) -> str:
 def load_data(cfg: DataConfig) -> DataSplits:
     if cfg.name not in DATASETS:
         raise DataError(f"data.name={cfg.name!r} is not a known dataset; choose one of: {', '.join(DATASETS)}")
-    raw = DATASETS[cfg.name](cfg.resolved_root())
+    raw = DATASETS[cfg.name](cfg.resolved_root(), cfg.root is not None)
     n = len(raw.train_images)
     if cfg.val_size >= n:
         raise DataError(f"data.val_size={cfg.val_size} leaves no training images: the train split of "

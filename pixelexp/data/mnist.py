@@ -40,9 +40,9 @@ NPM_SHUFFLE_SEED = 20160125
 SOURCE_MARKER = "PIXELEXP_SOURCE"  # written beside converted files: names their origin
 
 
-def find_idx(root: Path) -> dict[str, Path] | None:
-    """The four IDX files in root or root/MNIST/raw, or None if any is missing."""
-    for folder in (root, root / "MNIST" / "raw"):
+def find_idx(*folders: Path) -> dict[str, Path] | None:
+    """The four IDX files in the first of these folders that has them all, or None."""
+    for folder in folders:
         found = {}
         for key, stem in FILES.items():
             for name in (stem, stem + ".gz"):
@@ -67,17 +67,24 @@ def _source_name(folder: Path, n_train: int, n_test: int) -> str:
 
 
 def from_idx_folder(root: Path) -> RawData | None:
-    files = find_idx(root)
+    files = find_idx(root, root / "MNIST" / "raw")
     if files is None:
         return None
+    data = read_idx_set(files, source="")
+    folder = files["train_images"].parent
+    return data._replace(source=_source_name(folder, len(data.train_labels), len(data.test_labels)))
+
+
+def read_idx_set(files: dict[str, Path], source: str) -> RawData:
+    """The four IDX files of an MNIST-like set (N x 28 x 28 images, N labels) -> RawData."""
     arrays = {k: read_idx(p) for k, p in files.items()}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y):
             raise DataError(f"{files[split + '_images']}: expected N x 28 x 28 images with N labels, got "
-                            f"images {x.shape} and labels {y.shape}; replace the MNIST files in {root}")
+                            f"images {x.shape} and labels {y.shape}; replace the files in "
+                            f"{files[split + '_images'].parent}")
     folder = files["train_images"].parent
-    source = _source_name(folder, len(arrays["train_images"]), len(arrays["test_images"]))
     return RawData(arrays["train_images"][:, None], arrays["train_labels"],
                    arrays["test_images"][:, None], arrays["test_labels"],
                    source=source, location=str(folder.resolve()))

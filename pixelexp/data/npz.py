@@ -1,0 +1,121 @@
+"""Image sets in .npz files: downsampled ImageNet and any folder of uint8 images.
+
+`imagenet32` / `imagenet64`: the published downsampled ImageNet batches (Chrabaszcz,
+Loshchilov & Hutter, 2017): `train_data_batch_1.npz` .. `train_data_batch_10.npz`
+and `val_data.npz`, each with "data" (N, 3*S*S) uint8 (R, G, B planes) and "labels"
+(1..1000), in `data.root/imagenet32/` (or 64), any folder below it, or `data.root`.
+The validation set serves as the test set, as in the papers.
+
+`folder`: `data.root` holds a train and a test set, either as IDX files
+(`train-images*`, `train-labels*`, `test-images*` or `t10k-images*`, and labels) or as
+`train.npz` and `test.npz` with an image array ("images", "x" or "data") of shape
+(N, H, W), (N, H, W, C) with C in {1, 3}, (N, C, H, W), or (N, C*H*W) square RGB,
+and optionally labels ("labels" or "y").
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pixelexp.data.idx import read_idx
+from pixelexp.data.source import RawData
+from pixelexp.errors import DataError
+
+
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One .npz -> (N, C, H, W) uint8 images and (N,) int labels (zeros if it has none)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key = next((k for k in ("images", "x", "data") if k in z.files), None)
+            if key is None:
+                raise DataError(f"{path}: no image array; name it 'images', 'x' or 'data' "
+                                f"(it has: {', '.join(z.files)})")
+            images = np.asarray(z[key])
+            lab_key = next((k for k in ("labels", "y") if k in z.files), None)
+            labels = np.asarray(z[lab_key]).astype(np.int64).ravel() if lab_key else np.zeros(len(images), np.int64)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated zip, not an npz
+        raise DataError(f"{path}: not a readable .npz ({type(e).__name__}); replace it") from None
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: images are {images.dtype}, expected uint8 (0..255)")
+    return to_nchw(images, path), labels
+
+
+def to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.ndim == 2:  # (N, C*S*S) flattened planes, as in downsampled ImageNet
+        side = int(round((a.shape[1] / 3) ** 0.5))
+        if 3 * side * side != a.shape[1]:
+            raise DataError(f"{path}: flat images of {a.shape[1]} values are not 3 square planes")
+        return a.reshape(len(a), 3, side, side)
+    if a.ndim == 3:
+        return a[:, None]
+    if a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    if a.ndim == 4 and a.shape[1] in (1, 3):
+        return a
+    raise DataError(f"{path}: cannot tell the layout of images of shape {a.shape}; "
+                    f"use (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3")
+
+
+def _batches(folder: Path) -> tuple[list[Path], Path | None]:
+    train = sorted(folder.rglob("train_data_batch_*.npz"),
+                   key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+    val = next(iter(sorted(folder.rglob("val_data.npz"))), None)
+    return train, val
+
+
+def load_imagenet(size: int):
+    def load(root: Path, explicit: bool = False) -> RawData:
+        candidates = [root / f"imagenet{size}"] + ([root] if explicit else [])
+        for folder in candidates:
+            if not folder.is_dir():
+                continue
+            train, val = _batches(folder)
+            if train and val is not None:
+                xs, ys = zip(*(read_npz(p) for p in train))
+                tx, ty = read_npz(val)
+                x = np.concatenate(xs)
+                if x.shape[2:] != (size, size) or tx.shape[2:] != (size, size):
+                    raise DataError(f"{folder}: images are {x.shape[2]}x{x.shape[3]}, "
+                                    f"imagenet{size} needs {size}x{size}")
+                # Labels run 1..1000 in the published files.
+                return RawData(x, np.concatenate(ys) - 1, tx, ty - 1, source=f"imagenet{size}",
+                               location=str(folder.resolve()))
+        raise DataError(f"imagenet{size}: no train_data_batch_*.npz and val_data.npz under "
+                        f"{' or '.join(f'{c}/' for c in candidates)}; put the downsampled ImageNet "
+                        f"{size}x{size} .npz files in {root}/imagenet{size}/")
+    return load
+
+
+def _find(root: Path, *patterns: str) -> Path | None:
+    for pattern in patterns:
+        found = sorted(p for p in root.glob(pattern) if p.is_file())
+        if found:
+            return found[0]
+    return None
+
+
+def load_folder(root: Path, explicit: bool = False) -> RawData:
+    if (root / "train.npz").is_file() and (root / "test.npz").is_file():
+        (x, y), (tx, ty) = read_npz(root / "train.npz"), read_npz(root / "test.npz")
+    else:
+        files = {"x": _find(root, "train-images*"), "y": _find(root, "train-labels*"),
+                 "tx": _find(root, "test-images*", "t10k-images*"), "ty": _find(root, "test-labels*", "t10k-labels*")}
+        if files["x"] is None or files["tx"] is None:
+            raise DataError(f"folder: {root}/ has neither train.npz + test.npz nor IDX files "
+                            f"train-images* + test-images* (or t10k-images*); put one of them there")
+        x, tx = (to_nchw(read_idx(files[k]), files[k]) for k in ("x", "tx"))
+        y = read_idx(files["y"]).astype(np.int64) if files["y"] else np.zeros(len(x), np.int64)
+        ty = read_idx(files["ty"]).astype(np.int64) if files["ty"] else np.zeros(len(tx), np.int64)
+        if x.dtype != np.uint8 or tx.dtype != np.uint8:
+            raise DataError(f"folder: IDX images in {root}/ must be unsigned bytes (type 0x08)")
+    if x.shape[1:] != tx.shape[1:]:
+        raise DataError(f"folder: train images are {x.shape[1:]} but test images {tx.shape[1:]} in {root}/")
+    if len(y) != len(x) or len(ty) != len(tx):
+        raise DataError(f"folder: {root}/ has {len(x)} train / {len(tx)} test images but "
+                        f"{len(y)} / {len(ty)} labels")
+    return RawData(x, y, tx, ty, source=f"folder:{root.name}", location=str(root.resolve()))
