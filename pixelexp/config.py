@@ -83,7 +83,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TrackConfig:
     sample_every: int = opt(5, help="log a sample grid every N epochs (0: only at the end)", min=0)
-    sample_count: int = opt(64, help="images in each sample grid", min=1, max=1024)
+    sample_count: int = opt(64, help="images in each sample grid (0: no samples)", min=0, max=1024)
 
 
 @dataclass(frozen=True)
@@ -284,6 +284,7 @@ def _accepts(cls, name: str) -> bool:
 class Variant:
     name: str
     config: Config
+    published: dict[str, float] = field(default_factory=dict)  # the paper's numbers, for reports
 
 
 @dataclass(frozen=True)
@@ -338,11 +339,30 @@ def load_experiment(path: str | Path, overrides: list[str] | dict | None = None)
             raise ConfigError(f"{p}: variant name {name!r} appears twice; names must be unique")
         seen.add(name)
         where = f"{p} (variant {name})"
-        own = flatten({k: x for k, x in v.items() if k != "name"}, where)
+        own = flatten({k: x for k, x in v.items() if k not in ("name", "published")}, where)
         cfg = resolve([base, own, cli], [f"{p} (base)", where, "command line"])
-        variants.append(Variant(name, cfg))
+        variants.append(Variant(name, cfg, _published(v.get("published"), where)))
     name = tree.get("name") or p.stem
     return Experiment(str(name), p, str(tree.get("description") or ""), tuple(variants))
+
+
+PUBLISHED_METRICS = ("test_bpd", "test_nats")
+
+
+def _published(tree: Any, where: str) -> dict[str, float]:
+    """`published: {test_nats: 79.20}`: a paper's result to show beside ours."""
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: 'published' must map metrics ({', '.join(PUBLISHED_METRICS)}) to numbers")
+    out = {}
+    for k, v in tree.items():
+        if k not in PUBLISHED_METRICS:
+            raise ConfigError(f"{where}: published metric {k!r} is unknown; use {', '.join(PUBLISHED_METRICS)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where}: published {k}={v!r} is not a number")
+        out[k] = float(v)
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:

@@ -64,7 +64,8 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     with parent:
         for v in exp.variants:
             child = tracker.start_run(v.name, parent=parent, tags={
-                "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git})
+                "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git,
+                **{f"published.{k}": val for k, val in v.published.items()}})
             child_ids[v.name] = child.run_id
             with child:
                 results[v.name] = run(v.config, child, label=v.name, progress=progress, echo=echo)

@@ -91,6 +91,8 @@ def summarize(runs: list[dict], curves: pd.DataFrame) -> pd.DataFrame:
             if (curves.variant == r["name"]).any() else 0,
             "hours": m.get("elapsed_hours"), "images_per_second": m.get("images_per_second"),
             "data_source": r["tags"].get("data_source"), "status": r["status"], "run_id": r["run_id"],
+            **{f"paper_{k}": float(r["tags"][f"published.{k}"]) for k in ("test_bpd", "test_nats")
+               if f"published.{k}" in r["tags"]},
         })
     return pd.DataFrame(rows)
 
@@ -106,18 +108,23 @@ def _fmt(v, digits=4) -> str:
 def write_markdown(path: Path, name: str, parent: dict, summary: pd.DataFrame, images: dict[str, str],
                    uri: str) -> None:
     nats = summary["test_nats"].notna().any()
+    paper = [c for c in ("paper_test_bpd", "paper_test_nats") if c in summary and summary[c].notna().any()]
     head = ["variant", "parameters", "val bits/dim", "test bits/dim"] + (["val nats", "test nats"] if nats else []) \
+        + [{"paper_test_bpd": "paper bits/dim", "paper_test_nats": "paper nats"}[c] for c in paper] \
         + ["epochs", "hours", "images/s"]
     lines = [f"# {name}", "",
              f"Parent run `{parent['run_id']}` ({parent['name']}, {parent['status']}) in `{uri}`.",
              f"Data: {', '.join(sorted(set(map(str, summary['data_source']))))}. "
              "Bits/dim = nats per image / (subpixels x ln 2); nats per image is the paper's unit for "
-             "binarized MNIST. Hours count training and evaluation, not sampling.", "",
+             "binarized MNIST. Hours count training and evaluation, not sampling."
+             + (" Paper columns: the published test results of the same architecture (full datasets, "
+                "days of GPU training), for orientation." if paper else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         cells = [r["variant"], _fmt(r["parameters"]), _fmt(r["val_bpd"]), _fmt(r["test_bpd"])]
         if nats:
             cells += [_fmt(r["val_nats"], 2), _fmt(r["test_nats"], 2)]
+        cells += [_fmt(r[c], 2) for c in paper]
         cells += [_fmt(r["epochs"]), _fmt(r["hours"], 4), _fmt(r["images_per_second"], 0)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "## Bits/dim by epoch", "", "![bits/dim by epoch](bpd_by_epoch.png)", "",

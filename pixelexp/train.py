@@ -215,7 +215,7 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
              f"{m['images_per_second']:.0f} img/s  {epoch_s:.1f} s")
         last = epoch == cfg.train.epochs
         every = cfg.track.sample_every
-        if last or (every and epoch % every == 0):
+        if cfg.track.sample_count and (last or (every and epoch % every == 0)):
             t0 = time.perf_counter()
             result.samples = draw_samples(model, cfg.track.sample_count, cfg.train.seed, device,
                                           data.num_classes)
