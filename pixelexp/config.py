@@ -66,6 +66,7 @@ class ModelConfig:
     use_residual: bool = opt(True, help="residual connections around each layer")
     use_skip: bool = opt(False, help="skip connections: every layer's output reaches the output layers")
     conditional: bool = opt(False, help="condition on the class label (gated_pixel_cnn)")
+    scale_stride: int = opt(2, help="multiscale_pixel_rnn: the small image is every n-th row and column", min=2)
 
 
 @dataclass(frozen=True)

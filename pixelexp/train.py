@@ -65,8 +65,10 @@ def model_hparams(cfg: Config) -> dict:
 
 def make_model(cfg: Config, image_shape, levels: int, num_classes: int | None = None) -> AutoregressiveModel:
     hparams = model_hparams(cfg)
-    if cfg.model.conditional:
+    if cfg.model.conditional:  # (config checks that the model can be conditional)
         hparams.update(conditional=True, num_classes=num_classes or 10)
+    if cfg.model.name == "multiscale_pixel_rnn":
+        hparams.update(scale_stride=cfg.model.scale_stride)
     return build_model(cfg.model.name, image_shape=image_shape, levels=levels, **hparams)
 
 

@@ -30,10 +30,10 @@ def make(name, shape, levels, seed=0, **kw):
     return model
 
 
-def order(shape):
-    """Subpixels (c, i, j) in generation order: rows, then columns, then channels."""
-    C, H, W = shape
-    return [(c, i, j) for i in range(H) for j in range(W) for c in range(C)]
+def order(model):
+    """Subpixels (c, i, j) in the model's generation order (raster, then R, G, B, except
+    the multi-scale model: the small image first)."""
+    return model.generation_order()
 
 
 CASES = [(name, shape, levels) for name in NAMES
@@ -51,7 +51,7 @@ def causality_violation(model, shape, levels, n_images=8, seed=1):
     x = torch.randint(0, levels, (n_images, *shape), generator=g)
     with torch.no_grad():
         base, base_logits = model.log_prob(x), model.logits(x)
-    seq = order(shape)
+    seq = order(model)
     for k, (c, i, j) in enumerate(seq):
         x2 = x.clone()
         x2[:, c, i, j] = (x[:, c, i, j] + 1 + levels // 3) % levels
@@ -216,5 +216,36 @@ def test_conditional_causality():
     fixed = torch.tensor([4] * 8)
     wrapped = type("Fixed", (), {  # the same model with its label fixed
         "log_prob": lambda self, x: model.log_prob(x, fixed[: len(x)]),
-        "logits": lambda self, x: model.logits(x, fixed[: len(x)])})()
+        "logits": lambda self, x: model.logits(x, fixed[: len(x)]),
+        "generation_order": lambda self: model.generation_order()})()
     assert causality_violation(wrapped, shape, 4) is None
+
+
+def naive_sample_in_order(model, n, generator):
+    """Reference sampler: recompute all logits for every subpixel, in generation order."""
+    C, H, W = model.image_shape
+    x = torch.zeros(n, C, H, W, dtype=torch.long)
+    with torch.no_grad():
+        for c, i, j in model.generation_order():
+            x[:, c, i, j] = model._draw(model.logits(x)[:, c, ..., i, j], generator)
+    return x
+
+
+@pytest.mark.parametrize("shape,levels,stride", [((1, 5, 6), 2, 2), ((3, 4, 3), 4, 2), ((1, 7, 7), 2, 3)])
+def test_multiscale_sampler_draws_the_small_image_first_then_the_rest(shape, levels, stride):
+    model = make("multiscale_pixel_rnn", shape, levels, scale_stride=stride)
+    fast = model.sample(5, generator=torch.Generator().manual_seed(2))
+    naive = naive_sample_in_order(model, 5, torch.Generator().manual_seed(2))
+    assert torch.equal(fast, naive) and fast.float().std() > 0
+
+
+def test_multiscale_log_prob_is_small_plus_rest_given_small():
+    shape = (1, 4, 4)
+    model = make("multiscale_pixel_rnn", shape, 2)
+    x = torch.randint(0, 2, (3, *shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lp = model.log_prob(x)
+        small = model.small.log_prob(x[:, :, ::2, ::2])
+    assert torch.equal(lp[:, :, ::2, ::2], small)
+    order = model.generation_order()
+    assert [p[1:] for p in order[:4]] == [(0, 0), (0, 2), (2, 0), (2, 2)]  # small image first

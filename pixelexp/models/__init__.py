@@ -11,6 +11,7 @@ from pixelexp.errors import ConfigError
 from pixelexp.models.base import AutoregressiveModel
 from pixelexp.models.diagonal_bilstm import DiagonalBiLSTMPixelRNN
 from pixelexp.models.gated_pixel_cnn import GatedPixelCNN
+from pixelexp.models.multiscale_pixel_rnn import MultiScalePixelRNN
 from pixelexp.models.pixel_cnn import PixelCNN
 from pixelexp.models.row_lstm import RowLSTMPixelRNN
 
@@ -20,6 +21,7 @@ MODELS: dict[str, type[AutoregressiveModel]] = {
     "row_lstm": RowLSTMPixelRNN,
     "diagonal_bilstm": DiagonalBiLSTMPixelRNN,
     "pixel_rnn": DiagonalBiLSTMPixelRNN,  # the core's name for the Diagonal BiLSTM
+    "multiscale_pixel_rnn": MultiScalePixelRNN,
 }
 ALIASES = {"pixel_rnn": "diagonal_bilstm"}
 

@@ -70,6 +70,11 @@ class AutoregressiveModel(nn.Module):
     def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def generation_order(self) -> list[tuple[int, int, int]]:
+        """Subpixels (c, i, j) in the order the model generates them: raster, then R, G, B."""
+        C, H, W = self.image_shape
+        return [(c, i, j) for i in range(H) for j in range(W) for c in range(C)]
+
     def _check_labels(self, labels: torch.Tensor | None, n: int) -> None:
         if not self.conditional:
             if labels is not None:

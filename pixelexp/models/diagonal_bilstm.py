@@ -32,26 +32,42 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         out_recurrent_length: number of ReLU + 1x1 output layers.
         use_residual: residual connection around each LSTM layer.
         use_skip: feed the sum of all layers' outputs to the head.
+        cond_channels: features of a conditioning map given to every layer's gates
+            (`logits_given`); used by the multi-scale model.
     """
 
     def __init__(self, image_shape, levels, hidden_dims: int = 16, recurrent_length: int = 7,
                  out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True,
-                 use_skip: bool = False):
+                 use_skip: bool = False, cond_channels: int = 0):
         super().__init__(image_shape, levels)
         C = self.image_shape[0]
         width = 2 * hidden_dims
         self.use_skip = use_skip
         self.input = MaskedConv2d(C, width, 7, "A", C)
         self.layers = nn.ModuleList(
-            DiagonalBiLSTM(width, hidden_dims, C, use_residual) for _ in range(recurrent_length))
+            DiagonalBiLSTM(width, hidden_dims, C, use_residual, cond_channels) for _ in range(recurrent_length))
         self.head = OutputHead(width, out_hidden_dims, out_recurrent_length, C, self.levels)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return run_layers(self.input(x), self.layers, self.use_skip)  # (B, 2h, H, W)
+    def features(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is None:
+            return run_layers(self.input(x), self.layers, self.use_skip)  # (B, 2h, H, W)
+        h, total = self.input(x), 0
+        for layer in self.layers:
+            h = layer(h, cond)
+            total = total + h
+        return total if self.use_skip else h
+
+    def logits_given(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Logits with a conditioning map (B, cond_channels, H, W) added to every layer."""
+        B, C, H, W = x.shape
+        out = self.head(self.features(self.scale(x), cond))
+        return out if self.levels == 2 else out.view(B, C, self.levels, H, W)
 
     @torch.no_grad()
     def sample(self, n: int | None = None, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+               device: torch.device | str | None = None, labels: torch.Tensor | None = None,
+               given: torch.Tensor | None = None, known: torch.Tensor | None = None,
+               cond: torch.Tensor | None = None) -> torch.Tensor:
         """Draw n images, keeping each layer's states instead of recomputing the image.
 
         Per subpixel it computes one position of every layer (the left-to-right step),
@@ -59,11 +75,16 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         steps instead of O(H*W) whole forward passes. It draws in the same order and
         shapes as `AutoregressiveModel.sample`, so with the same generator it returns
         the same images (tested).
+
+        For the multi-scale model: `given` (n, C, H, W) holds pixels already drawn where
+        `known` (H, W) is true (they are kept, not drawn), and `cond` (n, K, H, W) is the
+        conditioning map of `logits_given`.
         """
         self._check_labels(labels, n)
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device) if given is None else given.clone()
+        known = torch.zeros(H, W, dtype=torch.bool) if known is None else known.cpu()
         was_training = self.training
         self.eval()
         like = self.input.weight.new_zeros(())
@@ -73,12 +94,13 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
             for i in range(H):
                 top = max(0, i - reach)
                 for j in range(W):
-                    for c in range(C):
+                    c_ij = None if cond is None else cond[:, :, i, j]  # (n, K)
+                    for c in range(1 if known[i, j] else C):  # a known pixel: just its states
                         # Input layer at (i, j): only rows top..i of the image matter.
                         h = self.input(self.scale(x[:, :, top:i + 1]))[:, :, -1, j]  # (n, 2h)
                         states, total = [], 0
                         for layer, cache in zip(self.layers, caches):
-                            out, state = layer.step(h, cache, j)
+                            out, state = layer.step(h, cache, j, c_ij)
                             states.append((h, state))
                             h = out
                             total = total + out
@@ -86,11 +108,12 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
                         logits = self.head(feats[:, :, None, None])[:, :, 0, 0]  # (n, C) or (n, C*L)
                         if self.levels > 2:
                             logits = logits.view(n, C, self.levels)
-                        x[:, c, i, j] = self._draw(logits[:, c], generator)
+                        if not known[i, j]:
+                            x[:, c, i, j] = self._draw(logits[:, c], generator)
                     for layer, cache, (inp, state) in zip(self.layers, caches, states):
                         layer.commit(cache, j, inp, state)
                 for layer, cache in zip(self.layers, caches):
-                    layer.finish_row(cache)
+                    layer.finish_row(cache, None if cond is None else cond[:, :, i])
         finally:
             self.train(was_training)
         return x

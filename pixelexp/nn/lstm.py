@@ -41,9 +41,13 @@ class DiagonalBiLSTM(nn.Module):
         hidden: LSTM units per direction (h).
         image_channels: channel groups for the masks (1 gray, 3 RGB).
         use_residual: add the input to the output.
+        cond_channels: features of a conditioning map (known in full beforehand, e.g. the
+            upsampled small image of the multi-scale model) added to the gates through a
+            1x1 convolution; 0 for none.
     """
 
-    def __init__(self, channels: int, hidden: int, image_channels: int = 1, use_residual: bool = True):
+    def __init__(self, channels: int, hidden: int, image_channels: int = 1, use_residual: bool = True,
+                 cond_channels: int = 0):
         super().__init__()
         self.hidden = hidden
         self.use_residual = use_residual
@@ -60,23 +64,35 @@ class DiagonalBiLSTM(nn.Module):
         self.output = MaskedConv2d(hidden, channels, 1, "B", image_channels, in_groups=unit_groups)
         with torch.no_grad():  # forget gates start open, a common LSTM default
             self.input_to_state.bias.view(2, 4, hidden)[:, 1].fill_(1.0)
+        # Conditioning -> gates of both directions, unmasked: all of it is known already.
+        self.cond_to_state = nn.Parameter(torch.empty(8 * hidden, cond_channels))
+        nn.init.uniform_(self.cond_to_state, -(cond_channels or 1) ** -0.5, (cond_channels or 1) ** -0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, ch, H, W = x.shape
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is not None:  # the conditioning rides along as extra input channels
+            return self._forward(torch.cat([x, cond], dim=1), x)
+        return self._forward(x, x)
+
+    def _forward(self, x_in: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x_in.shape
+        ch = x.shape[1]
         hd, P = self.hidden, W + H - 1
         # Skew the input (2h features) rather than the gates (8h): a quarter of the data to move.
         # A channel of ones rides along, so the skew marks the real pixels: the gate biases
         # are its weights and the padding gets none (its gates, and so its states, stay zero).
         ones = x.new_ones(B, 1, H, W)
-        x1 = torch.cat([x, ones], dim=1)  # (B, ch+1, H, W)
-        both = torch.stack([x1, x1.flip(-1)])  # (2, B, ch+1, H, W): right-to-left = mirrored image
-        seq = skew(both.flatten(0, 1)).view(2, B, ch + 1, H, P)
-        seq = seq.permute(0, 4, 1, 3, 2).reshape(2, P, B * H, ch + 1)  # time-major: a slab per diagonal
+        x1 = torch.cat([x_in, ones], dim=1)  # (B, k, H, W): input [, conditioning], ones
+        k = x1.shape[1]
+        both = torch.stack([x1, x1.flip(-1)])  # (2, B, k, H, W): right-to-left = mirrored image
+        seq = skew(both.flatten(0, 1)).view(2, B, k, H, P)
+        seq = seq.permute(0, 4, 1, 3, 2).reshape(2, P, B * H, k)  # time-major: a slab per diagonal
         # The 1x1 input-to-state convolution (and its bias) as a matmul per direction, done
         # inside the scan: the (2, P, B*H, 4h) gate tensor is never built in memory.
         conv = self.input_to_state
-        w = torch.cat([(conv.weight * conv.mask)[:, :, 0, 0], conv.bias[:, None]], dim=1)  # (8h, ch+1)
-        states = self.scan(seq, w.view(2, 4 * hd, ch + 1).transpose(1, 2), B, H)  # (2, P, B, H, h)
+        w_x = (conv.weight * conv.mask)[:, :, 0, 0]  # (8h, ch)
+        w_cond = self.cond_to_state[:, : k - 1 - ch]  # (8h, cond channels given)
+        w = torch.cat([w_x, w_cond, conv.bias[:, None]], dim=1)  # (8h, k)
+        states = self.scan(seq, w.view(2, 4 * hd, k).transpose(1, 2), B, H)  # (2, P, B, H, h)
         states = states.permute(0, 2, 4, 3, 1).reshape(2 * B, hd, H, P)
         h_fw, h_bw = unskew(states, W).view(2, B, hd, H, W)  # (B, h, H, W) each
         y = h_fw + down_shift(h_bw.flip(-1))  # right-to-left shifted down: no leak
@@ -116,10 +132,14 @@ class DiagonalBiLSTM(nn.Module):
         return {"fw_above": z(n, width, hd), "bw_above": z(n, width, hd), "h_left": z(n, hd),
                 "c_left": z(n, hd), "fw_row": z(n, width, hd), "x_row": z(n, self.output.out_channels, width)}
 
-    def step(self, x: torch.Tensor, cache: dict, j: int) -> tuple[torch.Tensor, tuple]:
-        """Output at (i, j) from its input x (n, channels) -> (out (n, channels), new state)."""
+    def step(self, x: torch.Tensor, cache: dict, j: int,
+             cond: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
+        """Output at (i, j) from its input x (n, channels) [and conditioning (n, K)]
+        -> (out (n, channels), new state)."""
         hd = self.hidden
         g = self.input_to_state(x[:, :, None, None])[:, : 4 * hd, 0, 0]  # (n, 4h) left-to-right gates
+        if cond is not None:
+            g = g + cond @ self.cond_to_state[: 4 * hd].T
         w_above, w_left = self.state_to_state[0].split(hd, dim=0)  # (h, 4h) each
         g = torch.addmm(torch.addmm(g, cache["fw_above"][:, j], w_above), cache["h_left"], w_left)
         h, c = lstm_cell(g, cache["c_left"])
@@ -133,11 +153,14 @@ class DiagonalBiLSTM(nn.Module):
         cache["fw_row"][:, j] = h
         cache["x_row"][:, :, j] = x
 
-    def finish_row(self, cache: dict) -> None:
-        """Run the right-to-left direction over the finished row; move to the next row."""
+    def finish_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
+        """Run the right-to-left direction over the finished row [with its conditioning
+        (n, K, W)]; move to the next row."""
         hd = self.hidden
         x_row = cache["x_row"]  # (n, channels, W)
         gates = self.input_to_state(x_row[:, :, None, :])[:, 4 * hd:, 0, :]  # (n, 4h, W)
+        if cond_row is not None:
+            gates = gates + torch.einsum("gk,nkw->ngw", self.cond_to_state[4 * hd:], cond_row)
         w_above, w_left = self.state_to_state[1].split(hd, dim=0)
         h = c = x_row.new_zeros(x_row.shape[0], hd)
         row = torch.zeros_like(cache["bw_above"])
