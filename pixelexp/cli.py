@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "receptive-field":
             from pixelexp.models import MODELS
             from pixelexp.receptive import receptive_field_image
-            if args.model not in MODELS:
-                raise UserError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+            single = [m for m in MODELS if m != "multiscale_pixel_rnn"]  # one network each
+            if args.model not in single:
+                raise UserError(f"receptive-field takes one of: {', '.join(single)}; got {args.model!r}")
             if args.layers < 1:
                 raise UserError(f"--layers must be >= 1, got {args.layers}")
             size = _pair(args.size, "--size")
