@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXP ?= rnn_vs_cnn
+SWEEP ?= rnn_dims
+WORKERS ?= 1
 ARGS ?=
 RUN ?=
 N ?= 64
@@ -12,12 +14,12 @@ PYTEST_ARGS ?=
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test experiment smoke report sample ui clean
+.PHONY: help setup test experiment smoke sweep report sample ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=$(EXP) ARGS=\"key=value ...\" RUN=<run id> N=$(N)"
+	@echo "  variables: EXP=$(EXP) SWEEP=$(SWEEP) WORKERS=$(WORKERS) ARGS=\"key=value ...\" RUN=<run id> N=$(N)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +39,12 @@ experiment: $(STAMP) ## run experiments/$(EXP).yaml, track it in MLflow, write r
 smoke: $(STAMP) ## the one-minute end-to-end check (experiments/smoke.yaml)
 	$(PY) -m pixelexp experiment experiments/smoke.yaml $(ARGS)
 
-report: $(STAMP) ## rewrite reports/$(EXP)/ from the newest run of experiment $(EXP)
-	$(PY) -m pixelexp report $(EXP) $(ARGS)
+sweep: $(STAMP) ## run (or resume) the Optuna study of sweeps/$(SWEEP).yaml with WORKERS processes
+	$(PY) -m pixelexp sweep sweeps/$(SWEEP).yaml --workers $(WORKERS) $(ARGS)
+
+report: $(STAMP) ## rewrite reports/$(EXP)/ (or reports/$(SWEEP)/ with SWEEP=...) from the stores
+	@if [ "$(origin SWEEP)" = "command line" ]; then $(PY) -m pixelexp report --sweep sweeps/$(SWEEP).yaml $(ARGS); \
+	else $(PY) -m pixelexp report $(EXP) $(ARGS); fi
 
 sample: $(STAMP) ## draw N samples from run RUN's checkpoint: make sample RUN=<id> N=64
 	@test -n "$(RUN)" || { echo "error: give a run id: make sample RUN=<run id> [N=64]" >&2; exit 2; }

@@ -33,8 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-report", action="store_true", help="skip writing reports/<name>/")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    w = sub.add_parser("sweep", help="run the Optuna study of sweeps/<name>.yaml",
+                       usage="%(prog)s SWEEP [key=value ...] [--workers N] [--storage URL] [--no-report]")
+    w.add_argument("sweep", help="a name under sweeps/ or a path to a YAML file")
+    w.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    w.add_argument("--n-trials", type=int, help="override the file's n_trials")
+    w.add_argument("--storage", help="Optuna storage URL (default: the file's, else SQLite / journal)")
+    w.add_argument("--no-report", action="store_true")
+    w.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--parent", help=argparse.SUPPRESS)
+
     r = sub.add_parser("report", help="write reports/<name>/ from the MLflow store")
-    r.add_argument("experiment", help="experiment name (the YAML file's name)")
+    r.add_argument("experiment", nargs="?", help="experiment name (the YAML file's name)")
+    r.add_argument("--sweep", help="a sweep's name: report its Optuna study instead")
     r.add_argument("--parent", help="parent run id (default: the newest)")
     r.add_argument("--out", help="output folder (default: reports/<name>)")
 
@@ -80,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"(for example train.lr=3e-4), options as in `python -m pixelexp "
                             f"{args.command} --help`")
         args.overrides = overrides
-        if overrides and args.command not in ("train", "experiment"):
+        if overrides and args.command not in ("train", "experiment", "sweep"):
             raise UserError(f"{args.command} takes no key=value settings (got {overrides[0]!r})")
         if args.command == "train":
             from pixelexp import tracking
@@ -97,9 +108,30 @@ def main(argv: list[str] | None = None) -> int:
             from pixelexp.experiment import run_experiment
             run_experiment(args.experiment, args.overrides, report=not args.no_report,
                            progress=not args.quiet)
+        elif args.command == "sweep":
+            from pixelexp import sweep
+            if args.worker:
+                sweep.worker_main(args.sweep, args.overrides, args.storage, args.parent)
+            else:
+                if args.workers < 1:
+                    raise UserError(f"--workers must be >= 1, got {args.workers}")
+                if args.n_trials is not None and args.n_trials < 1:
+                    raise UserError(f"--n-trials must be >= 1, got {args.n_trials}")
+                sweep.run_sweep(args.sweep, args.overrides, workers=args.workers, storage=args.storage,
+                                report=not args.no_report, n_trials=args.n_trials)
         elif args.command == "report":
-            from pixelexp.report import make_report
-            make_report(args.experiment, parent_run_id=args.parent, out_dir=args.out)
+            if args.sweep:
+                from pixelexp import sweep
+                s = sweep.load_sweep(args.sweep)
+                url = sweep.storage_url(s, 1)
+                from pixelexp.report import sweep_report
+                sweep_report(s.name, study=sweep.open_study(s, url), multi=s.multi, metrics=s.metrics,
+                             out_dir=args.out)
+            elif args.experiment:
+                from pixelexp.report import make_report
+                make_report(args.experiment, parent_run_id=args.parent, out_dir=args.out)
+            else:
+                raise UserError("report needs an experiment name, or --sweep NAME")
         elif args.command == "receptive-field":
             from pixelexp.models import MODELS
             from pixelexp.receptive import receptive_field_image

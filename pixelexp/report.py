@@ -178,3 +178,68 @@ def _upscaled_copy(src: Path, dst: Path, factor: int = 3) -> None:
 
     from pixelexp.images import save_png, upscale
     save_png(upscale(np.asarray(Image.open(src).convert("RGB")), factor), dst)
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+SWEEP_PLOTS = {
+    "optimization_history": "plot_optimization_history",
+    "param_importances": "plot_param_importances",
+    "intermediate_values": "plot_intermediate_values",
+    "parallel_coordinate": "plot_parallel_coordinate",
+}
+
+
+def sweep_report(name: str, study=None, multi: bool = False, metrics=("val_bpd",), log=None,
+                 out_dir: str | Path | None = None, echo=print) -> Path:
+    """Optuna's plots and the trials table of a study -> reports/<sweep>/ (and the parent run)."""
+    import warnings
+
+    import optuna.visualization.matplotlib as vis
+
+    out = Path(out_dir or Path("reports") / name)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = study.trials_dataframe(attrs=("number", "state", "value" if not multi else "values", "params",
+                                           "duration", "user_attrs"))
+    trials.to_csv(out / "trials.csv", index=False)
+    plots = dict(SWEEP_PLOTS)
+    if multi:
+        plots = {"pareto_front": "plot_pareto_front", "parallel_coordinate": "plot_parallel_coordinate"}
+    written, skipped = [], []
+    for key, fn in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kwargs = {"target_names": list(metrics)} if key == "pareto_front" else (
+                    {"target": (lambda t, k=0: t.values[k]), "target_name": metrics[0]} if multi else {})
+                ax = getattr(vis, fn)(study, **kwargs)
+            fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(out / f"{key}.png", dpi=110)
+            plt.close(fig)
+            written.append(key)
+            if log is not None:
+                log.log_artifact(out / f"{key}.png", "optuna")
+        except Exception as e:  # noqa: BLE001 - too few trials for this plot, etc.
+            skipped.append(f"{key} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+    if log is not None:
+        log.log_artifact(out / "trials.csv", "optuna")
+    lines = [f"# sweep {name}", "", f"{len(study.trials)} trials. Study objective(s): {', '.join(metrics)}.", ""]
+    if not multi and any(t.state.name == "COMPLETE" for t in study.trials):
+        bt = study.best_trial
+        lines += [f"Best: trial {bt.number}, {metrics[0]} = {bt.value:.4f}, params {bt.params}.", ""]
+    elif multi:
+        lines += [f"Pareto front: trials {[t.number for t in study.best_trials]}.", ""]
+    cols = [c for c in trials.columns if c in ("number", "state", "value") or c.startswith(("values", "params_"))]
+    lines += ["| " + " | ".join(c.replace("params_", "") for c in cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in trials[cols].iterrows():
+        lines.append("| " + " | ".join(_fmt(v) if not isinstance(v, float) else f"{v:.4g}" for v in r) + " |")
+    lines.append("")
+    for key in written:
+        lines += [f"## {key.replace('_', ' ')}", "", f"![{key}]({key}.png)", ""]
+    if skipped:
+        lines += ["Not drawn: " + "; ".join(skipped), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    echo(f"sweep report written to {out}/")
+    return out

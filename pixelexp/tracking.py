@@ -89,6 +89,18 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         return RunLog(self.client, run.info.run_id)
 
+    def has_run(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def reopen(self, run_id: str) -> "RunLog":
+        """Mark a finished run as running again (a resumed sweep keeps its parent run)."""
+        self.client.update_run(run_id, status="RUNNING")
+        return RunLog(self.client, run_id)
+
     # ---------------------------------------------------------------- reading back
 
     def parent_runs(self) -> pd.DataFrame:

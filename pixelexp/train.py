@@ -172,8 +172,11 @@ def save_checkpoint(path: Path, model, optimizer, cfg: Config, data: DataSplits,
     return path
 
 
-def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, echo=print) -> RunResult:
-    """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing."""
+def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, echo=print,
+        on_epoch=None) -> RunResult:
+    """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing.
+    `on_epoch(epoch, metrics)` is called after each epoch's evaluation (a sweep reports to
+    Optuna there, and may stop the run by raising optuna.TrialPruned)."""
     device = pick_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     data = load_data(cfg.data)
@@ -215,6 +218,8 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
         echo(f"[{label}] epoch {epoch}/{cfg.train.epochs}  bits/dim train {m['train_bpd']:.4f}  "
              f"val {m['val_bpd']:.4f}  test {m['test_bpd']:.4f}{nats}  "
              f"{m['images_per_second']:.0f} img/s  {epoch_s:.1f} s")
+        if on_epoch is not None:
+            on_epoch(epoch, m)
         last = epoch == cfg.train.epochs
         every = cfg.track.sample_every
         if cfg.track.sample_count and (last or (every and epoch % every == 0)):

@@ -1,0 +1,514 @@
+"""sweeps/<name>.yaml -> an Optuna study whose trials are runs of the same `run(config)`.
+
+A sweep file names the experiment file (and variant) it starts from, its own
+overrides, the search space, the metric(s) and direction(s), `n_trials`, `timeout`,
+the sampler, the pruner and the storage:
+
+    experiment: rnn_vs_cnn          # experiments/rnn_vs_cnn.yaml
+    variant: pixel_rnn-1            # default: the first variant
+    overrides: {train.epochs: 5}
+    space:
+      model.hidden_dims: {type: int, low: 16, high: 128, step: 16}
+      train.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+    metric: val_bpd                 # or objectives: [val_bpd, epoch_seconds] (Pareto front)
+    direction: minimize
+    n_trials: 20
+    sampler: {type: tpe, seed: 0}   # tpe, random, cmaes, grid
+    pruner: {type: median}          # median, hyperband, none
+
+Exactly `n_trials` trials run, however many workers share the study: the study holds
+that many queued (WAITING) trials, and a worker only ever takes a queued one (the
+storage hands each to one worker). Rerunning the same command resumes the study: a
+trial left RUNNING by a worker that died is marked FAIL and queued again, and only the
+missing trials run. A trial that crashes or turns NaN is recorded FAIL, not fatal.
+
+Storage: `sqlite:///optuna.db` for one worker; a journal file `optuna/<sweep>.journal`
+for several on one machine (the default when WORKERS > 1, and whenever that file
+exists); any URL given in the file or with --storage (e.g. postgresql://...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pixelexp.config import Config, check_key, flatten, load_experiment, parse_overrides, read_yaml, resolve
+from pixelexp.errors import ConfigError, UserError
+
+SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
+              "objectives", "directions", "n_trials", "timeout", "sampler", "pruner", "storage")
+METRICS = ("val_bpd", "test_bpd", "train_bpd", "val_nats", "test_nats", "train_nats", "epoch_seconds",
+           "images_per_second")
+SAMPLERS = ("tpe", "random", "cmaes", "grid")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    type: str  # int, float, categorical
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial) -> Any:
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_categorical(self.key, list(self.choices))
+
+    def grid(self) -> list:
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step:
+            n = int(round((self.high - self.low) / self.step))
+            return [self.low + k * self.step for k in range(n + 1)]
+        raise ConfigError(f"sampler grid needs a step for float parameter {self.key}")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    path: Path
+    base: Config
+    space: tuple[Param, ...]
+    metrics: tuple[str, ...]
+    directions: tuple[str, ...]
+    n_trials: int
+    timeout: float | None
+    sampler: dict
+    pruner: dict
+    storage: str | None
+    description: str = ""
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
+
+
+def resolve_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
+        return p
+    return Path("sweeps") / f"{name_or_path}.yaml"
+
+
+def _param(key: str, spec: Any, where: str, base: Config) -> Param:
+    check_key(key, where)
+    if not isinstance(spec, dict) or spec.get("type") not in ("int", "float", "categorical"):
+        raise ConfigError(f"{where}: space.{key} needs type int, float or categorical, "
+                          f"e.g. {{type: int, low: 16, high: 128, step: 16}}")
+    allowed = {"int": {"type", "low", "high", "step", "log"}, "float": {"type", "low", "high", "step", "log"},
+               "categorical": {"type", "choices"}}[spec["type"]]
+    extra = set(spec) - allowed
+    if extra:
+        raise ConfigError(f"{where}: space.{key} ({spec['type']}) takes no {sorted(extra)[0]!r}; "
+                          f"it takes {', '.join(sorted(allowed))}")
+    if spec["type"] == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: space.{key} needs a non-empty list of choices")
+        for c in choices:  # every choice must be a valid value of the key
+            resolve([base.flat(), {key: c}], ["sweep base", f"{where} (space.{key})"])
+        return Param(key, "categorical", choices=tuple(choices))
+    try:
+        low, high = float(spec["low"]), float(spec["high"])
+        step = None if spec.get("step") is None else float(spec["step"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{where}: space.{key} needs numbers low and high (and optionally step)") from None
+    if not low < high:
+        raise ConfigError(f"{where}: space.{key} has low={low:g} >= high={high:g}")
+    if spec["type"] == "int" and (low != int(low) or high != int(high)):
+        raise ConfigError(f"{where}: space.{key} is an int parameter; low and high must be integers")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise ConfigError(f"{where}: space.{key} with log: true needs low > 0")
+    for v in (low, high):  # the bounds must be valid values of the key
+        resolve([base.flat(), {key: int(v) if spec["type"] == "int" else v}], ["sweep base", f"{where} (space.{key})"])
+    return Param(key, spec["type"], low, high, step, log)
+
+
+def _choice(value: Any, allowed: tuple, what: str, where: str) -> str:
+    if value not in allowed:
+        near = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{where}: {what}={value!r} is not allowed{hint}; choose one of: {', '.join(allowed)}")
+    return value
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    p = resolve_path(str(path))
+    tree = read_yaml(p, "sweep")
+    where = str(p)
+    for k in tree:
+        if k not in SWEEP_KEYS:
+            near = difflib.get_close_matches(str(k), SWEEP_KEYS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{where}: unknown key {k!r}{hint}; allowed: {', '.join(SWEEP_KEYS)}")
+    if "experiment" not in tree:
+        raise ConfigError(f"{where}: needs 'experiment', the experiment file the trials start from")
+    exp = load_experiment(_experiment_path(str(tree["experiment"]), p))
+    names = [v.name for v in exp.variants]
+    variant = tree.get("variant", names[0])
+    if variant not in names:
+        raise ConfigError(f"{where}: variant={variant!r} is not in {exp.path}; choose one of: {', '.join(names)}")
+    start = next(v.config for v in exp.variants if v.name == variant)
+    base = resolve([start.flat(), flatten(tree.get("overrides") or {}, f"{where} (overrides)"),
+                    parse_overrides(overrides or [])], [str(exp.path), f"{where} (overrides)", "command line"])
+    space_tree = tree.get("space")
+    if not isinstance(space_tree, dict) or not space_tree:
+        raise ConfigError(f"{where}: needs a 'space' mapping keys to {{type: int|float|categorical, ...}}")
+    space = tuple(_param(k, v, where, base) for k, v in flatten_space(space_tree).items())
+    if "objectives" in tree:
+        metrics = tree["objectives"]
+        if not isinstance(metrics, list) or len(metrics) < 2:
+            raise ConfigError(f"{where}: objectives must list two or more metrics, e.g. [val_bpd, epoch_seconds]")
+        directions = tree.get("directions", ["minimize"] * len(metrics))
+    else:
+        metrics = [tree.get("metric", "val_bpd")]
+        directions = [tree.get("direction", "minimize")]
+    for m in metrics:
+        _choice(m, METRICS, "metric", where)
+    if not isinstance(directions, list) or len(directions) != len(metrics):
+        raise ConfigError(f"{where}: directions must give one of minimize/maximize per objective")
+    for d in directions:
+        _choice(d, ("minimize", "maximize"), "direction", where)
+    n_trials = tree.get("n_trials", 20)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"{where}: n_trials={n_trials!r} must be an integer >= 1")
+    timeout = tree.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ConfigError(f"{where}: timeout={timeout!r} must be a number of seconds > 0 (or null)")
+    sampler = dict(tree.get("sampler") or {"type": "tpe"})
+    _choice(sampler.get("type", "tpe"), SAMPLERS, "sampler.type", where)
+    pruner = dict(tree.get("pruner") or {"type": "median"})
+    _choice(pruner.get("type", "median"), PRUNERS, "pruner.type", where)
+    storage = tree.get("storage")
+    return Sweep(p.stem, p, base, space, tuple(metrics), tuple(directions), n_trials,
+                 None if timeout is None else float(timeout), sampler, pruner, storage,
+                 str(tree.get("description") or ""))
+
+
+def _experiment_path(name: str, sweep_path: Path) -> Path:
+    """`rnn_vs_cnn` -> the experiments/ folder beside the sweep's sweeps/ folder (or under
+    the current folder); a path stays a path."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        return Path(name)
+    beside = sweep_path.resolve().parent.parent / "experiments" / f"{name}.yaml"
+    return beside if beside.is_file() else Path("experiments") / f"{name}.yaml"
+
+
+def flatten_space(tree: dict) -> dict:
+    """`space: {model: {hidden_dims: {type: ...}}}` and `space: {model.hidden_dims: ...}`."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and "type" not in v:
+            out.update({f"{k}.{kk}": vv for kk, vv in flatten_space(v).items()})
+        else:
+            out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------- Optuna
+
+def _optuna():
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def make_sampler(sweep: Sweep):
+    optuna = _optuna()
+    kind, seed = sweep.sampler.get("type", "tpe"), sweep.sampler.get("seed", 0)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if kind == "grid":
+        return optuna.samplers.GridSampler({p.key: p.grid() for p in sweep.space}, seed=seed)
+    if sweep.multi:
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(sweep: Sweep):
+    optuna = _optuna()
+    kind = sweep.pruner.get("type", "median")
+    if kind == "none" or sweep.multi:  # Optuna does not prune multi-objective studies
+        return optuna.pruners.NopPruner()
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=sweep.base.train.epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=int(sweep.pruner.get("n_startup_trials", 2)),
+                                       n_warmup_steps=int(sweep.pruner.get("n_warmup_steps", 0)))
+
+
+def storage_url(sweep: Sweep, workers: int, given: str | None = None) -> str:
+    if given or sweep.storage:
+        return given or sweep.storage
+    journal = Path("optuna") / f"{sweep.name}.journal"
+    if workers > 1 or journal.exists():
+        return f"journal:{journal}"
+    return f"sqlite:///{Path('optuna.db').resolve()}"
+
+
+def open_storage(url: str):
+    optuna = _optuna()
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"Optuna storage {url} cannot be opened ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160]}); check the sweep's storage") from None
+
+
+def open_study(sweep: Sweep, url: str):
+    optuna = _optuna()
+    return optuna.create_study(study_name=sweep.name, storage=open_storage(url), load_if_exists=True,
+                               directions=list(sweep.directions), sampler=make_sampler(sweep),
+                               pruner=make_pruner(sweep))
+
+
+WORKER_ATTR = "pixelexp_worker"  # "host:pid" of the process running a trial
+RETRIED_ATTR = "pixelexp_retried_as"
+
+
+def _alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's worker: its storage heartbeat is the judge
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(study) -> list:
+    """Trials left RUNNING by a dead worker of this machine -> FAIL, queued again."""
+    optuna = _optuna()
+    states = optuna.trial.TrialState
+    retried = []
+    for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        owner = t.user_attrs.get(WORKER_ATTR)
+        if owner is None or _alive(owner):
+            continue
+        study._storage.set_trial_system_attr(t._trial_id, RETRIED_ATTR, "queued")  # (before it finishes)
+        study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        retried.append(t)
+    return retried
+
+
+def close_dead_runs(tracker, trials) -> None:
+    """The MLflow runs of trials whose worker died: KILLED, tagged as retried."""
+    for t in trials:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and tracker.has_run(run_id):
+            tracker.client.set_tag(run_id, "optuna.state", "failed (worker died; retried)")
+            tracker.client.set_terminated(run_id, status="KILLED")
+
+
+def counted(study) -> int:
+    """Trials that use up one of the n_trials: all but the failed ones that were retried."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if RETRIED_ATTR not in t.system_attrs)
+
+
+def top_up(study, n_trials: int) -> int:
+    missing = max(0, n_trials - counted(study))
+    for _ in range(missing):
+        study.enqueue_trial({}, skip_if_exists=False)
+    return missing
+
+
+def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, echo=print) -> int:
+    """Run queued trials until none is left (or the deadline passes) -> trials run."""
+    optuna = _optuna()
+    from pixelexp.tracking import RunLog
+    from pixelexp.train import run
+    states = optuna.trial.TrialState
+    parent = RunLog(tracker.client, parent_id)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    done = 0
+    while deadline is None or time.time() < deadline:
+        trial_id = study._pop_waiting_trial_id()  # atomic: each queued trial goes to one worker
+        if trial_id is None:
+            break
+        trial = optuna.Trial(study, trial_id)
+        trial.set_user_attr(WORKER_ATTR, me)
+        values = {p.key: p.suggest(trial) for p in sweep.space}
+        cfg = resolve([sweep.base.flat(), values], ["sweep base", f"trial {trial.number}"])
+        child = tracker.start_run(f"trial-{trial.number}", parent=parent, tags={
+            "pixelexp.kind": "trial", "optuna.study": sweep.name, "optuna.trial": trial.number,
+            "optuna.state": "running", **({"optuna.retry_of": trial.user_attrs["retry_of"]}
+                                          if "retry_of" in trial.user_attrs else {})})
+        trial.set_user_attr("mlflow_run_id", child.run_id)
+
+        def on_epoch(epoch: int, m: dict) -> None:
+            if sweep.multi:
+                return
+            trial.report(m[sweep.metrics[0]], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        try:
+            result = run(cfg, child, label=f"trial {trial.number}", progress=False, echo=echo, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            study.tell(trial, state=states.PRUNED)
+            child.set_tags({"optuna.state": "pruned"})
+            child.end("FINISHED")
+            echo(f"[trial {trial.number}] pruned")
+        except Exception as e:  # noqa: BLE001 - a crash or NaN in one trial is recorded, not fatal
+            study.tell(trial, state=states.FAIL)
+            child.set_tags({"optuna.state": "failed", "pixelexp.error": f"{type(e).__name__}: {e}"[:5000]})
+            child.end("FAILED")
+            echo(f"[trial {trial.number}] failed: {type(e).__name__}: {e}")
+        else:
+            value = [result.metrics[m] for m in sweep.metrics]
+            if any(not math.isfinite(v) for v in value):
+                study.tell(trial, state=states.FAIL)
+                child.set_tags({"optuna.state": "failed"})
+            else:
+                study.tell(trial, value if sweep.multi else value[0])
+                child.set_tags({"optuna.state": "complete"})
+            child.end("FINISHED")
+        done += 1
+    return done
+
+
+def _gpus() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int = 1,
+              storage: str | None = None, report: bool = True, echo=print, n_trials: int | None = None) -> dict:
+    from pixelexp import tracking
+    from pixelexp.data import load_data
+    from pixelexp.train import make_model
+
+    overrides = list(overrides or [])
+    sweep = load_sweep(path, overrides)
+    if n_trials is not None:
+        from dataclasses import replace
+        sweep = replace(sweep, n_trials=n_trials)
+    data = load_data(sweep.base.data)  # bad data stops us here, before anything is written
+    make_model(sweep.base, data.image_shape, data.levels, data.num_classes)
+    url = storage_url(sweep, workers, storage)
+    study = open_study(sweep, url)
+    tracker = tracking.Tracker(f"sweep-{sweep.name}")
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_id is None or not tracker.has_run(parent_id):
+        parent = tracker.start_run(f"sweep {sweep.name}", tags={
+            "pixelexp.kind": "sweep", "optuna.study": sweep.name, "optuna.storage": url,
+            "pixelexp.sweep_file": str(sweep.path), **tracking.git_state()})
+        parent.log_params({"n_trials": sweep.n_trials, "metrics": ",".join(sweep.metrics),
+                           "directions": ",".join(sweep.directions), "sampler": sweep.sampler.get("type", "tpe"),
+                           "pruner": sweep.pruner.get("type", "median"),
+                           "space": "; ".join(f"{p.key}:{p.type}" for p in sweep.space)})
+        parent.log_text(sweep.path.read_text(), f"sweep/{sweep.path.name}")
+        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        parent_id = parent.run_id
+    else:
+        tracker.reopen(parent_id)
+    retried = recover(study)
+    close_dead_runs(tracker, retried)
+    added = top_up(study, sweep.n_trials)
+    echo(f"sweep {sweep.name}: study in {url}; {counted(study) - added} trials there before, {added} queued"
+         + (f", {len(retried)} retried after a dead worker" if retried else "")
+         + f"; MLflow parent run {parent_id}")
+    deadline = None if sweep.timeout is None else time.time() + sweep.timeout
+    if workers <= 1:
+        work(sweep, study, tracker, parent_id, deadline, echo)
+    else:
+        run_workers(sweep, overrides, workers, url, parent_id, echo)
+        close_dead_runs(tracker, recover(study))  # a dead worker's trial is queued again: finish here
+        work(sweep, study, tracker, parent_id, deadline, echo)
+    return finish(sweep, study, tracker, parent_id, url, report, echo)
+
+
+def run_workers(sweep: Sweep, overrides: list[str], workers: int, url: str, parent_id: str, echo) -> None:
+    gpus = _gpus()
+    procs = []
+    for k in range(workers):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)  # one worker per GPU
+        cmd = [sys.executable, "-m", "pixelexp", "sweep", str(sweep.path), *overrides,
+               "--worker", "--storage", url, "--parent", parent_id]
+        procs.append(subprocess.Popen(cmd, env=env))
+    echo(f"{workers} workers started (pids {', '.join(str(p.pid) for p in procs)})")
+    for p in procs:
+        if p.wait() != 0:
+            echo(f"worker {p.pid} ended with exit code {p.returncode}; its trial is queued again")
+
+
+def worker_main(path: str, overrides: list[str], url: str, parent_id: str) -> None:
+    from pixelexp import tracking
+    sweep = load_sweep(path, overrides)
+    study = open_study(sweep, url)
+    tracker = tracking.Tracker(f"sweep-{sweep.name}")
+    deadline = None if sweep.timeout is None else time.time() + sweep.timeout
+    work(sweep, study, tracker, parent_id, deadline)
+
+
+def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool, echo) -> dict:
+    optuna = _optuna()
+    from pixelexp.tracking import RunLog
+    states = optuna.trial.TrialState
+    parent = RunLog(tracker.client, parent_id)
+    trials = study.get_trials(deepcopy=False)
+    summary = {s.name.lower(): sum(t.state == s for t in trials) for s in states}
+    parent.log_metrics({f"trials_{k}": v for k, v in summary.items()}, step=0)
+    best: dict = {}
+    if any(t.state == states.COMPLETE for t in trials):
+        if sweep.multi:
+            front = study.best_trials
+            best = {"pareto_trials": [t.number for t in front]}
+            parent.set_tags({"pareto_front": ",".join(str(t.number) for t in front)})
+        else:
+            bt = study.best_trial
+            best = {"best_trial": bt.number, "best_value": bt.value, "best_params": bt.params}
+            parent.log_metrics({f"best_{sweep.metrics[0]}": bt.value}, step=0)
+            parent.set_tags({"best_trial": bt.number, **{f"best.{k}": v for k, v in bt.params.items()}})
+    report_dir = None
+    if report:
+        from pixelexp.report import sweep_report
+        report_dir = sweep_report(sweep.name, study=study, multi=sweep.multi, metrics=sweep.metrics, log=parent)
+    parent.end("FINISHED")
+    echo("")
+    echo(f"study:        {sweep.name} in {url}")
+    echo(f"trials:       " + ", ".join(f"{v} {k}" for k, v in summary.items() if v))
+    if "best_value" in best:
+        echo(f"best:         trial {best['best_trial']}, {sweep.metrics[0]} = {best['best_value']:.4f}, "
+             f"{best['best_params']}")
+    elif best:
+        echo(f"Pareto front: trials {best['pareto_trials']}")
+    echo(f"MLflow:       {tracker.uri}, experiment sweep-{sweep.name}, parent run {parent_id}")
+    if report_dir:
+        echo(f"report:       {report_dir}/report.md")
+    return {"study": study, "parent_run_id": parent_id, "summary": summary, **best}
+
+
+__all__ = ["Sweep", "Param", "load_sweep", "run_sweep", "open_study", "recover", "top_up", "counted", "work"]
