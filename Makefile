@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 EXP ?= rnn_vs_cnn
 SWEEP ?= rnn_dims
 WORKERS ?= 1
+GPUS ?=
+# GPUS=N: one training process per GPU under torchrun (DistributedDataParallel).
+LAUNCH = $(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node $(GPUS) -m,$(PY) -m)
 ARGS ?=
 RUN ?=
 N ?= 64
@@ -33,8 +36,8 @@ setup: $(STAMP) ## create .venv and install the project (done by every target wh
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-experiment: $(STAMP) ## run experiments/$(EXP).yaml, track it in MLflow, write reports/$(EXP)/
-	$(PY) -m pixelexp experiment experiments/$(EXP).yaml $(ARGS)
+experiment: $(STAMP) ## run experiments/$(EXP).yaml, track it in MLflow, write reports/$(EXP)/ [GPUS=N]
+	$(LAUNCH) pixelexp experiment experiments/$(EXP).yaml $(ARGS)
 
 smoke: $(STAMP) ## the one-minute end-to-end check (experiments/smoke.yaml)
 	$(PY) -m pixelexp experiment experiments/smoke.yaml $(ARGS)

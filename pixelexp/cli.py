@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             from pixelexp.train import run
 
             cfg = load_config(args.config, args.overrides)
+            from pixelexp.distributed import setup as setup_distributed
+            if not setup_distributed().main:  # torchrun: only rank 0 tracks
+                run(cfg, None, label=cfg.model.name, progress=False)
+                return 0
             tracker = tracking.Tracker(args.experiment)
             with tracker.start_run(f"{cfg.model.name}", tags={"pixelexp.kind": "train",
                                                               **tracking.git_state()}) as log:

@@ -14,6 +14,7 @@ from pathlib import Path
 from pixelexp import tracking
 from pixelexp.config import Experiment, load_experiment
 from pixelexp.data import load_data
+from pixelexp.distributed import setup as setup_distributed
 from pixelexp.train import RunResult, make_model, pick_device, run
 
 
@@ -48,12 +49,17 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     overrides = list(overrides or [])
     exp = load_experiment(resolve_path(str(path)), overrides)
     preflight(exp)
+    ctx = setup_distributed()
+    if not ctx.main:  # torchrun: ranks > 0 train along, rank 0 alone tracks and reports
+        for v in exp.variants:
+            run(v.config, None, label=v.name, progress=False, echo=lambda *a, **k: None)
+        return ExperimentResult(exp, "", {}, {}, None, "")
     tracker = tracking.Tracker(exp.name)
     git = tracking.git_state()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     parent = tracker.start_run(f"{exp.name} {stamp}", tags={
         "pixelexp.kind": "experiment", "pixelexp.experiment_file": str(exp.path),
-        "pixelexp.overrides": " ".join(overrides) or "(none)", **git,
+        "pixelexp.overrides": " ".join(overrides) or "(none)", "pixelexp.world_size": ctx.world, **git,
         **({"mlflow.note.content": exp.description} if exp.description else {})})
     parent.log_params({"variants": ",".join(v.name for v in exp.variants),
                        "overrides": " ".join(overrides) or "(none)"})

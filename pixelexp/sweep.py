@@ -455,6 +455,8 @@ def run_workers(sweep: Sweep, overrides: list[str], workers: int, url: str, pare
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)  # one worker per GPU
+        # Share the CPU cores: N workers x all cores each would oversubscribe them badly.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         cmd = [sys.executable, "-m", "pixelexp", "sweep", str(sweep.path), *overrides,
                "--worker", "--storage", url, "--parent", parent_id]
         procs.append(subprocess.Popen(cmd, env=env))

@@ -29,6 +29,9 @@ from tqdm import tqdm
 
 from pixelexp.config import Config
 from pixelexp.data import DataSplits, load_data
+from pixelexp.distributed import Dist, all_sum, barrier
+from pixelexp.distributed import setup as setup_distributed
+from pixelexp.distributed import wrap as wrap_ddp
 from pixelexp.errors import ConfigError
 from pixelexp.images import to_grid
 from pixelexp.models import AutoregressiveModel, build_model, count_parameters
@@ -86,17 +89,23 @@ def nats_per_image(model: AutoregressiveModel, x: torch.Tensor,
 
 @torch.no_grad()
 def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
-             device: torch.device, labels: torch.Tensor | None = None) -> float:
-    """Mean nats per image over a whole split (given its labels, for a conditional model)."""
+             device: torch.device, labels: torch.Tensor | None = None, ctx: Dist = Dist()) -> float:
+    """Mean nats per image over a whole split (given its labels, for a conditional model);
+    across ranks, each evaluates a slice and the sums are added."""
     was_training = model.training
     model.eval()
     total = 0.0
+    n = len(images)
+    lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
+    images = images[lo:hi]
+    labels = None if labels is None else labels[lo:hi]
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).long()
         y = labels[start:start + batch_size].to(device) if model.conditional else None
         total += nats_per_image(model, x, y).sum().item()
     model.train(was_training)
-    return total / max(len(images), 1)
+    (total,) = all_sum([total], ctx, device)
+    return total / max(n, 1)
 
 
 @dataclass
@@ -109,9 +118,13 @@ class RunResult:
 
 
 def train_epoch(model, optimizer, data: DataSplits, cfg: Config, epoch: int, device,
-                label: str, progress: bool) -> tuple[float, float]:
-    """One pass over the training set -> (mean nats per image, seconds)."""
-    model.train()
+                label: str, progress: bool, net=None, ctx: Dist = Dist()) -> tuple[float, float]:
+    """One pass over the training set -> (mean nats per image, seconds).
+
+    `net` is the model as trained (DistributedDataParallel across ranks, else the model
+    itself); each rank takes its slice of every global batch of `train.batch_size`."""
+    net = net if net is not None else model
+    net.train()
     dims = math.prod(data.image_shape)
     g = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)  # data order of this epoch
     order = torch.randperm(len(data.train), generator=g)
@@ -120,11 +133,13 @@ def train_epoch(model, optimizer, data: DataSplits, cfg: Config, epoch: int, dev
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
     for k in range(0, len(order), cfg.train.batch_size):
-        idx = order[k:k + cfg.train.batch_size]
+        batch = order[k:k + cfg.train.batch_size]
+        idx = batch[ctx.rank::ctx.world]  # this rank's slice of the global batch
         x = data.train_batch(idx, g).to(device, non_blocking=True)
         y = data.train_labels[idx].to(device) if model.conditional else None
-        nats = nats_per_image(model, x, y)  # (B,)
-        loss = nats.mean() / (dims * LN2)  # bits/dim
+        nats = -net(x, y).sum(dim=(1, 2, 3))  # (b,) nats per image
+        # Bits/dim of the global batch; DDP averages gradients over ranks, hence * world.
+        loss = nats.sum() * ctx.world / (len(batch) * dims * LN2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip > 0:
@@ -140,6 +155,7 @@ def train_epoch(model, optimizer, data: DataSplits, cfg: Config, epoch: int, dev
         bar.set_postfix(bpd=f"{bits_per_dim(total / seen, dims):.4f}",
                         img_s=f"{seen / (time.perf_counter() - start):.0f}")
     bar.close()
+    total, seen = all_sum([total, seen], ctx, device)
     return total / seen, time.perf_counter() - start
 
 
@@ -177,10 +193,16 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
     """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing.
     `on_epoch(epoch, metrics)` is called after each epoch's evaluation (a sweep reports to
     Optuna there, and may stop the run by raising optuna.TrialPruned)."""
+    ctx = setup_distributed()
     device = pick_device(cfg.train.device)
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    if not ctx.main:  # only rank 0 tracks and talks
+        log, echo, progress, on_epoch = None, (lambda *a, **k: None), False, None
     seed_everything(cfg.train.seed)
     data = load_data(cfg.data)
     model = make_model(cfg, data.image_shape, data.levels, data.num_classes).to(device)
+    net = wrap_ddp(model, ctx, device)
     optimizer = make_optimizer(cfg, model)
     dims = math.prod(data.image_shape)
     n_params = count_parameters(model)
@@ -197,11 +219,11 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
     result = RunResult(metrics={}, n_parameters=n_params, model=model)
     elapsed = 0.0
     for epoch in range(1, cfg.train.epochs + 1):
-        train_nats, train_s = train_epoch(model, optimizer, data, cfg, epoch, device, label, progress)
+        train_nats, train_s = train_epoch(model, optimizer, data, cfg, epoch, device, label, progress, net, ctx)
         t0 = time.perf_counter()
         bs = cfg.train.eval_batch_size
-        val_nats = evaluate(model, data.val, bs, device, data.val_labels) if len(data.val) else float("nan")
-        test_nats = evaluate(model, data.test, bs, device, data.test_labels)
+        val_nats = evaluate(model, data.val, bs, device, data.val_labels, ctx) if len(data.val) else float("nan")
+        test_nats = evaluate(model, data.test, bs, device, data.test_labels, ctx)
         epoch_s = train_s + time.perf_counter() - t0
         elapsed += epoch_s
         m = {"train_bpd": bits_per_dim(train_nats, dims), "val_bpd": bits_per_dim(val_nats, dims),
@@ -222,13 +244,14 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
             on_epoch(epoch, m)
         last = epoch == cfg.train.epochs
         every = cfg.track.sample_every
-        if cfg.track.sample_count and (last or (every and epoch % every == 0)):
+        if ctx.main and cfg.track.sample_count and (last or (every and epoch % every == 0)):
             t0 = time.perf_counter()
             result.samples = draw_samples(model, cfg.track.sample_count, cfg.train.seed, device,
                                           data.num_classes)
             if log is not None:
                 log.log_image(to_grid(result.samples, data.levels), key="samples", step=epoch)
             echo(f"[{label}] {cfg.track.sample_count} samples in {time.perf_counter() - t0:.1f} s")
+        barrier(ctx)  # the other ranks wait while rank 0 samples
 
     if log is not None:
         with tempfile.TemporaryDirectory() as tmp:

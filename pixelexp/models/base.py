@@ -96,6 +96,10 @@ class AutoregressiveModel(nn.Module):
         out = self.head(feats)
         return out if self.levels == 2 else out.view(B, C, self.levels, H, W)
 
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """= log_prob: the call that DistributedDataParallel wraps in training."""
+        return self.log_prob(x, labels)
+
     def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) ints -> (B, C, H, W): ln p(subpixel | all before it [, label])."""
         return self.log_prob_from_logits(self.logits(x, labels), x)
