@@ -1,0 +1,2 @@
+-- A second database for MLflow's tracking store, beside the Optuna one.
+CREATE DATABASE mlflow OWNER pixelexp;
