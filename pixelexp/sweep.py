@@ -44,7 +44,7 @@ from pixelexp.config import Config, check_key, flatten, load_experiment, parse_o
 from pixelexp.errors import ConfigError, UserError
 
 SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
-              "objectives", "directions", "n_trials", "timeout", "sampler", "pruner", "storage")
+              "objectives", "directions", "n_trials", "timeout", "sampler", "pruner", "storage", "heartbeat")
 METRICS = ("val_bpd", "test_bpd", "train_bpd", "val_nats", "test_nats", "train_nats", "epoch_seconds",
            "images_per_second")
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -93,6 +93,7 @@ class Sweep:
     pruner: dict
     storage: str | None
     description: str = ""
+    heartbeat: float = 30.0  # seconds between a worker's heartbeats on a database storage
 
     @property
     def multi(self) -> bool:
@@ -197,9 +198,12 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     pruner = dict(tree.get("pruner") or {"type": "median"})
     _choice(pruner.get("type", "median"), PRUNERS, "pruner.type", where)
     storage = tree.get("storage")
+    heartbeat = tree.get("heartbeat", 30)
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat < 1:
+        raise ConfigError(f"{where}: heartbeat={heartbeat!r} must be a number of seconds >= 1")
     return Sweep(p.stem, p, base, space, tuple(metrics), tuple(directions), n_trials,
                  None if timeout is None else float(timeout), sampler, pruner, storage,
-                 str(tree.get("description") or ""))
+                 str(tree.get("description") or ""), float(heartbeat))
 
 
 def _experiment_path(name: str, sweep_path: Path) -> Path:
@@ -264,15 +268,21 @@ def storage_url(sweep: Sweep, workers: int, given: str | None = None) -> str:
     return f"sqlite:///{Path('optuna.db').resolve()}"
 
 
-def open_storage(url: str):
+def open_storage(url: str, heartbeat: float = 30.0):
+    """Journal file, SQLite, or a database server. On a server (many machines) workers send
+    heartbeats: a trial whose worker stops beating for 2 x `heartbeat` s is failed and queued
+    again by whichever worker notices."""
     optuna = _optuna()
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    beats = {} if url.startswith("sqlite") else dict(
+        heartbeat_interval=max(1, int(heartbeat)), grace_period=max(2, int(2 * heartbeat)),
+        failed_trial_callback=requeue)
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, **beats)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"Optuna storage {url} cannot be opened ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:160]}); check the sweep's storage") from None
@@ -280,13 +290,13 @@ def open_storage(url: str):
 
 def open_study(sweep: Sweep, url: str):
     optuna = _optuna()
-    return optuna.create_study(study_name=sweep.name, storage=open_storage(url), load_if_exists=True,
+    return optuna.create_study(study_name=sweep.name, storage=open_storage(url, sweep.heartbeat),
+                               load_if_exists=True,
                                directions=list(sweep.directions), sampler=make_sampler(sweep),
                                pruner=make_pruner(sweep))
 
 
 WORKER_ATTR = "pixelexp_worker"  # "host:pid" of the process running a trial
-RETRIED_ATTR = "pixelexp_retried_as"
 
 
 def _alive(owner: str) -> bool:
@@ -302,26 +312,44 @@ def _alive(owner: str) -> bool:
     return True
 
 
+def requeue(study, trial) -> None:
+    """Queue a failed trial again with the same parameters (`retry_of` links them)."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
 def recover(study) -> list:
-    """Trials left RUNNING by a dead worker of this machine -> FAIL, queued again."""
+    """Trials left RUNNING by a dead worker -> FAIL, queued again. On a database server the
+    storage's heartbeats decide; for a journal or SQLite file, whether the worker's
+    process still lives on this machine."""
     optuna = _optuna()
+    from optuna.storages import fail_stale_trials
     states = optuna.trial.TrialState
+    if _heartbeats(study):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(states.RUNNING,))}
+        fail_stale_trials(study)  # calls `requeue` for each
+        return [t for t in study.get_trials(deepcopy=False, states=(states.FAIL,)) if t.number in before]
     retried = []
     for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
         owner = t.user_attrs.get(WORKER_ATTR)
         if owner is None or _alive(owner):
             continue
-        study._storage.set_trial_system_attr(t._trial_id, RETRIED_ATTR, "queued")  # (before it finishes)
         study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        requeue(study, t)
         retried.append(t)
     return retried
+
+
+def _heartbeats(study) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+    return is_heartbeat_enabled(study._storage)
 
 
 def close_dead_runs(tracker, trials) -> None:
     """The MLflow runs of trials whose worker died: KILLED, tagged as retried."""
     for t in trials:
         run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and tracker.has_run(run_id) and tracker.client.get_run(run_id).info.status != "RUNNING":
+            continue
         if run_id and tracker.has_run(run_id):
             tracker.client.set_tag(run_id, "optuna.state", "failed (worker died; retried)")
             tracker.client.set_terminated(run_id, status="KILLED")
@@ -329,7 +357,9 @@ def close_dead_runs(tracker, trials) -> None:
 
 def counted(study) -> int:
     """Trials that use up one of the n_trials: all but the failed ones that were retried."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if RETRIED_ATTR not in t.system_attrs)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return sum(1 for t in trials if t.number not in retried)
 
 
 def top_up(study, n_trials: int) -> int:
@@ -347,10 +377,17 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
     states = optuna.trial.TrialState
     parent = RunLog(tracker.client, parent_id)
     me = f"{socket.gethostname()}:{os.getpid()}"
+    beating = _heartbeats(study)
     done = 0
     while deadline is None or time.time() < deadline:
         trial_id = study._pop_waiting_trial_id()  # atomic: each queued trial goes to one worker
         if trial_id is None:
+            # Nothing queued. On a server, a trial still RUNNING may belong to a dead worker:
+            # wait for its heartbeat to go stale (it is then queued again) or for it to end.
+            if beating and study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+                time.sleep(study._storage.get_heartbeat_interval())
+                recover(study)
+                continue
             break
         trial = optuna.Trial(study, trial_id)
         trial.set_user_attr(WORKER_ATTR, me)
@@ -369,6 +406,7 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
+        stop = _start_heartbeat(study, trial_id) if beating else None
         try:
             result = run(cfg, child, label=f"trial {trial.number}", progress=False, echo=echo, on_epoch=on_epoch)
         except optuna.TrialPruned:
@@ -390,8 +428,26 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
                 study.tell(trial, value if sweep.multi else value[0])
                 child.set_tags({"optuna.state": "complete"})
             child.end("FINISHED")
+        finally:
+            if stop is not None:
+                stop.set()
         done += 1
     return done
+
+
+def _start_heartbeat(study, trial_id: int):
+    """Beat for this trial every heartbeat interval until the returned event is set."""
+    import threading
+    stop = threading.Event()
+    interval = study._storage.get_heartbeat_interval()
+
+    def beat() -> None:
+        while not stop.is_set():
+            study._storage.record_heartbeat(trial_id)
+            stop.wait(interval)
+
+    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
+    return stop
 
 
 def _gpus() -> int:
