@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 from pixelexp import sweep
                 s = sweep.load_sweep(args.sweep)
                 url = sweep.storage_url(s, 1)
+                import optuna
+                if s.name not in optuna.study.get_all_study_names(sweep.open_storage(url, s.heartbeat)):
+                    raise UserError(f"no study {s.name!r} in {url}; run `make sweep SWEEP={s.name}` first")
                 from pixelexp.report import sweep_report
                 sweep_report(s.name, study=sweep.open_study(s, url), multi=s.multi, metrics=s.metrics,
                              out_dir=args.out)

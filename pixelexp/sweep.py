@@ -280,7 +280,7 @@ def open_storage(url: str, heartbeat: float = 30.0):
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     beats = {} if url.startswith("sqlite") else dict(
         heartbeat_interval=max(1, int(heartbeat)), grace_period=max(2, int(2 * heartbeat)),
-        failed_trial_callback=requeue)
+        heartbeat_stale_trial_callback=requeue)
     try:
         return optuna.storages.RDBStorage(url, **beats)
     except Exception as e:  # noqa: BLE001

@@ -72,6 +72,12 @@ def test_sweep_runs_n_trials_tracks_each_and_writes_the_report(env, tmp_path, ca
     # Running it again finds nothing missing and runs nothing.
     assert main(["sweep", str(f), *TINY]) == 0
     assert len(trials_of(f)) == 3 and len(children(env)) == 3
+    # `make report SWEEP=...` rewrites the report from the study.
+    (rep / "trials.csv").unlink()
+    assert main(["report", "--sweep", str(f)]) == 0 and (rep / "trials.csv").is_file()
+    other = tmp_path / "sweeps" / "never_run.yaml"
+    other.write_text(f.read_text())
+    assert main(["report", "--sweep", str(other)]) == 2  # no such study: a one-line error
 
 
 @pytest.mark.slow
