@@ -299,6 +299,14 @@ class Experiment:
 EXPERIMENT_KEYS = ("name", "description", "base", "variants")
 
 
+def yaml_path(name_or_path: str, folder: str) -> Path:
+    """`rnn_vs_cnn` -> <folder>/rnn_vs_cnn.yaml; a path (with a folder or .yaml) stays a path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
+        return p
+    return Path(folder) / f"{name_or_path}.yaml"
+
+
 def read_yaml(path: str | Path, what: str = "experiment") -> dict:
     p = Path(path)
     if not p.is_file():

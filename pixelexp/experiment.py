@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixelexp import tracking
-from pixelexp.config import Experiment, load_experiment
+from pixelexp.config import Experiment, load_experiment, yaml_path
 from pixelexp.data import load_data
 from pixelexp.distributed import setup as setup_distributed
 from pixelexp.train import RunResult, make_model, pick_device, run
@@ -28,14 +28,6 @@ class ExperimentResult:
     tracking_uri: str
 
 
-def resolve_path(name_or_path: str) -> Path:
-    """`rnn_vs_cnn` -> experiments/rnn_vs_cnn.yaml; a path stays a path."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
-        return p
-    return Path("experiments") / f"{name_or_path}.yaml"
-
-
 def preflight(exp: Experiment) -> None:
     for v in exp.variants:
         cfg = v.config
@@ -47,7 +39,7 @@ def preflight(exp: Experiment) -> None:
 def run_experiment(path: str | Path, overrides: list[str] | None = None, *, report: bool = True,
                    progress: bool = True, echo=print) -> ExperimentResult:
     overrides = list(overrides or [])
-    exp = load_experiment(resolve_path(str(path)), overrides)
+    exp = load_experiment(yaml_path(str(path), "experiments"), overrides)
     preflight(exp)
     ctx = setup_distributed()
     if not ctx.main:  # torchrun: ranks > 0 train along, rank 0 alone tracks and reports

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelexp.config import Config, check_key, flatten, load_experiment, parse_overrides, read_yaml, resolve
+from pixelexp.config import (Config, check_key, flatten, load_experiment, parse_overrides, read_yaml, resolve,
+                             yaml_path)
 from pixelexp.errors import ConfigError, UserError
 
 SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
@@ -100,13 +101,6 @@ class Sweep:
         return len(self.metrics) > 1
 
 
-def resolve_path(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
-        return p
-    return Path("sweeps") / f"{name_or_path}.yaml"
-
-
 def _param(key: str, spec: Any, where: str, base: Config) -> Param:
     check_key(key, where)
     if not isinstance(spec, dict) or spec.get("type") not in ("int", "float", "categorical"):
@@ -151,7 +145,7 @@ def _choice(value: Any, allowed: tuple, what: str, where: str) -> str:
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    p = resolve_path(str(path))
+    p = yaml_path(str(path), "sweeps")
     tree = read_yaml(p, "sweep")
     where = str(p)
     for k in tree:
