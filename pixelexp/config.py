@@ -30,6 +30,12 @@ def opt(default, *, help: str, choices: tuple | Callable[[], tuple] | None = Non
     return field(default=default, metadata=meta)
 
 
+def did_you_mean(value: Any, options, cutoff: float = 0.6) -> str:
+    """' (did you mean 'x'?)' for the closest option, or '' when none is close."""
+    near = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=cutoff)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 def _dataset_names() -> tuple:
     from pixelexp.data import DATASETS
     return tuple(DATASETS)
@@ -209,9 +215,7 @@ def _check_range(key: str, value: Any, where: str) -> None:
     if callable(choices):
         choices = choices()
     if choices is not None and value not in choices:
-        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"{where}: {key}={value!r} is not allowed{hint}; "
+        raise ConfigError(f"{where}: {key}={value!r} is not allowed{did_you_mean(value, choices)}; "
                           f"choose one of: {', '.join(map(str, choices))}")
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
@@ -227,8 +231,7 @@ def check_key(key: str, where: str) -> None:
     known = known_keys()
     if key in known:
         return
-    near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    hint = did_you_mean(key, known, cutoff=0.5)
     section = key.split(".")[0]
     if section in SECTIONS:
         allowed = ", ".join(k for k in known if k.startswith(section + "."))
@@ -331,9 +334,8 @@ def load_experiment(path: str | Path, overrides: list[str] | dict | None = None)
     tree = read_yaml(p)
     for k in tree:
         if k not in EXPERIMENT_KEYS:
-            near = difflib.get_close_matches(str(k), EXPERIMENT_KEYS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"{p}: unknown top-level key {k!r}{hint}; allowed: {', '.join(EXPERIMENT_KEYS)}")
+            raise ConfigError(f"{p}: unknown top-level key {k!r}{did_you_mean(k, EXPERIMENT_KEYS)}; "
+                              f"allowed: {', '.join(EXPERIMENT_KEYS)}")
     base = flatten(tree.get("base") or {}, f"{p} (base)")
     cli = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
     raw_variants = tree.get("variants") or [{"name": "default"}]

@@ -29,7 +29,6 @@ exists); any URL given in the file or with --storage (e.g. postgresql://...).
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import socket
@@ -40,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelexp.config import (Config, check_key, flatten, load_experiment, parse_overrides, read_yaml, resolve,
-                             yaml_path)
+from pixelexp.config import (Config, check_key, did_you_mean, flatten, load_experiment, parse_overrides,
+                             read_yaml, resolve, yaml_path)
 from pixelexp.errors import ConfigError, UserError
 
 SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
@@ -138,10 +137,21 @@ def _param(key: str, spec: Any, where: str, base: Config) -> Param:
 
 def _choice(value: Any, allowed: tuple, what: str, where: str) -> str:
     if value not in allowed:
-        near = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"{where}: {what}={value!r} is not allowed{hint}; choose one of: {', '.join(allowed)}")
+        raise ConfigError(f"{where}: {what}={value!r} is not allowed{did_you_mean(value, allowed)}; "
+                          f"choose one of: {', '.join(allowed)}")
     return value
+
+
+def _options(tree: Any, default: str, keys: tuple, what: str, where: str) -> dict:
+    """`sampler:` / `pruner:` blocks: a mapping of known keys only."""
+    tree = {"type": default} if tree is None else tree
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: {what} must be a mapping like {{type: {default}}}")
+    for k in tree:
+        if k not in keys:
+            raise ConfigError(f"{where}: {what}.{k} is unknown{did_you_mean(k, keys)}; "
+                              f"{what} takes {', '.join(keys)}")
+    return dict(tree)
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
@@ -150,9 +160,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     where = str(p)
     for k in tree:
         if k not in SWEEP_KEYS:
-            near = difflib.get_close_matches(str(k), SWEEP_KEYS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"{where}: unknown key {k!r}{hint}; allowed: {', '.join(SWEEP_KEYS)}")
+            raise ConfigError(f"{where}: unknown key {k!r}{did_you_mean(k, SWEEP_KEYS)}; "
+                              f"allowed: {', '.join(SWEEP_KEYS)}")
     if "experiment" not in tree:
         raise ConfigError(f"{where}: needs 'experiment', the experiment file the trials start from")
     exp = load_experiment(_experiment_path(str(tree["experiment"]), p))
@@ -187,10 +196,14 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     timeout = tree.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ConfigError(f"{where}: timeout={timeout!r} must be a number of seconds > 0 (or null)")
-    sampler = dict(tree.get("sampler") or {"type": "tpe"})
+    sampler = _options(tree.get("sampler"), "tpe", ("type", "seed"), "sampler", where)
     _choice(sampler.get("type", "tpe"), SAMPLERS, "sampler.type", where)
-    pruner = dict(tree.get("pruner") or {"type": "median"})
+    pruner = _options(tree.get("pruner"), "median", ("type", "n_startup_trials", "n_warmup_steps"), "pruner", where)
     _choice(pruner.get("type", "median"), PRUNERS, "pruner.type", where)
+    for block, key in ((sampler, "seed"), (pruner, "n_startup_trials"), (pruner, "n_warmup_steps")):
+        v = block.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{where}: {key}={v!r} must be an integer >= 0")
     storage = tree.get("storage")
     heartbeat = tree.get("heartbeat", 30)
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat < 1:
@@ -342,9 +355,7 @@ def close_dead_runs(tracker, trials) -> None:
     """The MLflow runs of trials whose worker died: KILLED, tagged as retried."""
     for t in trials:
         run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id and tracker.has_run(run_id) and tracker.client.get_run(run_id).info.status != "RUNNING":
-            continue
-        if run_id and tracker.has_run(run_id):
+        if run_id and tracker.has_run(run_id) and tracker.client.get_run(run_id).info.status == "RUNNING":
             tracker.client.set_tag(run_id, "optuna.state", "failed (worker died; retried)")
             tracker.client.set_terminated(run_id, status="KILLED")
 

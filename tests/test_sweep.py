@@ -171,6 +171,10 @@ def test_a_crash_in_one_trial_is_recorded_not_fatal(env, tmp_path):
     ("experiment: rnn_vs_cnn\nvariant: nope\nspace: {train.lr: {type: float, low: 0.1, high: 1}}\n",
      ["pixel_rnn-1"]),
     ("experiment: rnn_vs_cnn\nspace: {model.recurrent_length: {type: int, low: 0, high: 3}}\n", [">= 1"]),
+    ("experiment: rnn_vs_cnn\nsampler: {typ: tpe}\nspace: {train.lr: {type: float, low: 0.1, high: 1}}\n",
+     ["sampler.typ", "did you mean 'type'"]),
+    ("experiment: rnn_vs_cnn\npruner: {type: median, n_warmup_steps: -1}\n"
+     "space: {train.lr: {type: float, low: 0.1, high: 1}}\n", ["n_warmup_steps=-1", ">= 0"]),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, monkeypatch, capsys, text, words):
     monkeypatch.chdir(REPO)
