@@ -1,4 +1,4 @@
-"""python -m pixelexp {train,experiment,report,sample,receptive-field} ...
+"""python -m pixelexp {train,experiment,sweep,resume,rerun,sync,report,sample,receptive-field} ...
 
 Every user error (bad config, missing data, bad checkpoint, bad arguments) ends with
 one line on stderr saying what is wrong and how to fix it, and exit code 2.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pixelexp.errors import UserError
+from pixelexp.errors import Interrupted, TrackingOutage, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,6 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("experiment", help="a name under experiments/ or a path to a YAML file")
     e.add_argument("--no-report", action="store_true", help="skip writing reports/<name>/")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--fresh", action="store_true",
+                   help="start a new parent run even if an unfinished one of the same file and settings exists")
+
+    c = sub.add_parser("resume", help="continue a killed or crashed run from its last checkpoint (same run id)")
+    c.add_argument("run_id")
+    c.add_argument("--checkpoint", help="resume from this checkpoint file instead of the newest")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    a = sub.add_parser("rerun", help="start a new run from exactly the config of a run",
+                       usage="%(prog)s RUN_ID [key=value ...] [--quiet]")
+    a.add_argument("run_id")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    y = sub.add_parser("sync", help="send the records a run's journal kept while MLflow was away")
+    y.add_argument("folder", help="the run's folder, runs/<run id>")
+    y.add_argument("--uri", help="tracking URI (default: the one the run used)")
 
     w = sub.add_parser("sweep", help="run the Optuna study of sweeps/<name>.yaml",
                        usage="%(prog)s SWEEP [key=value ...] [--workers N] [--storage URL] [--no-report]")
@@ -91,79 +107,102 @@ def main(argv: list[str] | None = None) -> int:
                             f"(for example train.lr=3e-4), options as in `python -m pixelexp "
                             f"{args.command} --help`")
         args.overrides = overrides
-        if overrides and args.command not in ("train", "experiment", "sweep"):
+        if overrides and args.command not in ("train", "experiment", "sweep", "rerun"):
             raise UserError(f"{args.command} takes no key=value settings (got {overrides[0]!r})")
-        if args.command == "train":
-            from pixelexp import tracking
-            from pixelexp.config import load_config
-            from pixelexp.train import run
-
-            cfg = load_config(args.config, args.overrides)
-            from pixelexp.distributed import setup as setup_distributed
-            if not setup_distributed().main:  # torchrun: only rank 0 tracks
-                run(cfg, None, label=cfg.model.name, progress=False)
-                return 0
-            tracker = tracking.Tracker(args.experiment)
-            with tracker.start_run(f"{cfg.model.name}", tags={"pixelexp.kind": "train",
-                                                              **tracking.git_state()}) as log:
-                run(cfg, log, label=cfg.model.name, progress=not args.quiet)
-            print(f"run {log.run_id} in {tracker.uri} (experiment {args.experiment})")
-        elif args.command == "experiment":
-            from pixelexp.experiment import run_experiment
-            run_experiment(args.experiment, args.overrides, report=not args.no_report,
-                           progress=not args.quiet)
-        elif args.command == "sweep":
-            from pixelexp import sweep
-            if args.worker:
-                sweep.worker_main(args.sweep, args.overrides, args.storage, args.parent)
-            else:
-                if args.workers < 1:
-                    raise UserError(f"--workers must be >= 1, got {args.workers}")
-                if args.n_trials is not None and args.n_trials < 1:
-                    raise UserError(f"--n-trials must be >= 1, got {args.n_trials}")
-                sweep.run_sweep(args.sweep, args.overrides, workers=args.workers, storage=args.storage,
-                                report=not args.no_report, n_trials=args.n_trials)
-        elif args.command == "report":
-            if args.sweep:
-                from pixelexp import sweep
-                s = sweep.load_sweep(args.sweep)
-                url = sweep.storage_url(s, 1)
-                import optuna
-                if s.name not in optuna.study.get_all_study_names(sweep.open_storage(url, s.heartbeat)):
-                    raise UserError(f"no study {s.name!r} in {url}; run `make sweep SWEEP={s.name}` first")
-                from pixelexp.report import sweep_report
-                sweep_report(s.name, study=sweep.open_study(s, url), multi=s.multi, metrics=s.metrics,
-                             out_dir=args.out)
-            elif args.experiment:
-                from pixelexp.report import make_report
-                make_report(args.experiment, parent_run_id=args.parent, out_dir=args.out)
-            else:
-                raise UserError("report needs an experiment name, or --sweep NAME")
-        elif args.command == "receptive-field":
-            from pixelexp.models import MODELS
-            from pixelexp.receptive import receptive_field_image
-            single = [m for m in MODELS if m != "multiscale_pixel_rnn"]  # one network each
-            if args.model not in single:
-                raise UserError(f"receptive-field takes one of: {', '.join(single)}; got {args.model!r}")
-            if args.layers < 1:
-                raise UserError(f"--layers must be >= 1, got {args.layers}")
-            size = _pair(args.size, "--size")
-            if min(size) < 1:
-                raise UserError(f"--size must be positive, got {args.size}")
-            receptive_field_image(args.model, _pair(args.pixel, "--pixel"), size, out=args.out,
-                                  hidden_dims=8, recurrent_length=args.layers, out_hidden_dims=8)
-        elif args.command == "sample":
-            if args.n < 1:
-                raise UserError(f"sample: --n must be >= 1, got {args.n}")
-            from pixelexp.sample import sample_run
-            sample_run(args.run_id, n=args.n, out=args.out, seed=args.seed, device=args.device)
+        from pixelexp.signals import graceful_stop
+        with graceful_stop():
+            _dispatch(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a diverged run: recorded as FAILED in MLflow
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except TrackingOutage as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        again = " (or run the same command again)" if args.command == "experiment" else ""
+        print(f"stopped: {e}{again}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _dispatch(args) -> None:
+    if args.command == "train":
+        from pixelexp import tracking
+        from pixelexp.config import load_config
+        from pixelexp.train import run
+
+        cfg = load_config(args.config, args.overrides)
+        from pixelexp.distributed import setup as setup_distributed
+        if not setup_distributed().main:  # torchrun: only rank 0 tracks
+            run(cfg, None, label=cfg.model.name, progress=False)
+            return 0
+        tracker = tracking.Tracker(args.experiment)
+        log = tracker.start_run(f"{cfg.model.name}", tags={"pixelexp.kind": "train"})
+        print(f"run {log.run_id} in {tracker.uri} (experiment {args.experiment})", flush=True)
+        with log:
+            run(cfg, log, label=cfg.model.name, progress=not args.quiet)
+        print(f"run {log.run_id} finished")
+    elif args.command == "experiment":
+        from pixelexp.experiment import run_experiment
+        run_experiment(args.experiment, args.overrides, report=not args.no_report,
+                       progress=not args.quiet, fresh=args.fresh)
+    elif args.command == "sweep":
+        from pixelexp import sweep
+        if args.worker:
+            sweep.worker_main(args.sweep, args.overrides, args.storage, args.parent)
+        else:
+            if args.workers < 1:
+                raise UserError(f"--workers must be >= 1, got {args.workers}")
+            if args.n_trials is not None and args.n_trials < 1:
+                raise UserError(f"--n-trials must be >= 1, got {args.n_trials}")
+            sweep.run_sweep(args.sweep, args.overrides, workers=args.workers, storage=args.storage,
+                            report=not args.no_report, n_trials=args.n_trials)
+    elif args.command == "report":
+        if args.sweep:
+            from pixelexp import sweep
+            s = sweep.load_sweep(args.sweep)
+            url = sweep.storage_url(s, 1)
+            import optuna
+            if s.name not in optuna.study.get_all_study_names(sweep.open_storage(url, s.heartbeat)):
+                raise UserError(f"no study {s.name!r} in {url}; run `make sweep SWEEP={s.name}` first")
+            from pixelexp.report import sweep_report
+            sweep_report(s.name, study=sweep.open_study(s, url), multi=s.multi, metrics=s.metrics,
+                         out_dir=args.out)
+        elif args.experiment:
+            from pixelexp.report import make_report
+            make_report(args.experiment, parent_run_id=args.parent, out_dir=args.out)
+        else:
+            raise UserError("report needs an experiment name, or --sweep NAME")
+    elif args.command == "receptive-field":
+        from pixelexp.models import MODELS
+        from pixelexp.receptive import receptive_field_image
+        single = [m for m in MODELS if m != "multiscale_pixel_rnn"]  # one network each
+        if args.model not in single:
+            raise UserError(f"receptive-field takes one of: {', '.join(single)}; got {args.model!r}")
+        if args.layers < 1:
+            raise UserError(f"--layers must be >= 1, got {args.layers}")
+        size = _pair(args.size, "--size")
+        if min(size) < 1:
+            raise UserError(f"--size must be positive, got {args.size}")
+        receptive_field_image(args.model, _pair(args.pixel, "--pixel"), size, out=args.out,
+                              hidden_dims=8, recurrent_length=args.layers, out_hidden_dims=8)
+    elif args.command == "sample":
+        if args.n < 1:
+            raise UserError(f"sample: --n must be >= 1, got {args.n}")
+        from pixelexp.sample import sample_run
+        sample_run(args.run_id, n=args.n, out=args.out, seed=args.seed, device=args.device)
+    elif args.command == "resume":
+        from pixelexp.resume import resume_run
+        resume_run(args.run_id, checkpoint_path=args.checkpoint, progress=not args.quiet)
+    elif args.command == "rerun":
+        from pixelexp.resume import rerun
+        rerun(args.run_id, args.overrides, progress=not args.quiet)
+    elif args.command == "sync":
+        from pixelexp.tracking import sync
+        sync(args.folder, uri=args.uri)

@@ -85,6 +85,14 @@ class TrainConfig:
     grad_clip: float = opt(1.0, help="clip the gradient norm to this (0: no clipping)", min=0.0)
     seed: int = opt(0, help="seed of weights, data order and sampling", min=0)
     device: str = opt("auto", help="where to train", choices=("auto", "cpu", "cuda"))
+    lr_decay: float = opt(1.0, help="multiply the learning rate by this after each epoch", min=0.0,
+                          max=1.0, min_exclusive=True)
+    checkpoint_minutes: float = opt(30.0, help="also checkpoint every N minutes within an epoch (0: only at "
+                                               "epoch ends)", min=0.0)
+    keep_checkpoints: int = opt(2, help="checkpoints kept in runs/<run id>/checkpoints", min=1)
+    deterministic: bool = opt(False, help="deterministic algorithms only (exact resume and reruns on GPUs too)")
+    nan_policy: str = opt("stop", help="on a non-finite loss or gradient: stop (run FAILED) or skip_batch",
+                          choices=("stop", "skip_batch"))
 
 
 @dataclass(frozen=True)

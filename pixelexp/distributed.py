@@ -53,6 +53,16 @@ def all_sum(values: list[float], ctx: Dist, device) -> list[float]:
     return t.tolist()
 
 
+def broadcast(obj, ctx: Dist):
+    """Rank 0's value of a small picklable object, on every rank."""
+    if not ctx.active:
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(ctx: Dist) -> None:
     if ctx.active:
         import torch.distributed as dist

@@ -19,3 +19,22 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     pass
+
+
+class TrackingOutage(Exception):
+    """The tracking store did not take a run's records in time (they stay in its journal)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: the run wrote a checkpoint and stops (exit code 128 + signal).
+
+    A BaseException, like KeyboardInterrupt, so that handlers of ordinary errors (a
+    sweep recording a failed trial) let it through."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -3,10 +3,16 @@
 Everything that can be checked is checked before the parent run is created: the
 file and every override (config), the data of every variant (found or fetched), the
 device and the models. A bad input then costs nothing and writes nothing.
+
+Running the same command again after a crash (or SIGTERM) continues it: the newest
+unfinished parent run of the same file content and overrides is reopened, finished
+variants are not run again, and an unfinished one resumes from its last checkpoint in
+the same child run. `--fresh` starts a new parent run instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +42,22 @@ def preflight(exp: Experiment) -> None:
         make_model(cfg, data.image_shape, data.levels, data.num_classes)
 
 
+def find_unfinished(tracker, sha: str, overrides: str, world: int):
+    """The newest parent run of this file content and overrides, if it did not finish and
+    no live process runs it."""
+    for r in tracker.find_runs("tags.`pixelexp.kind` = 'experiment'"):
+        t = r.data.tags
+        if (t.get("pixelexp.experiment_sha"), t.get("pixelexp.overrides"), t.get("pixelexp.world_size")) \
+                != (sha, overrides, str(world)):
+            continue
+        if r.info.status == "FINISHED" or tracking.owner_alive(r.info.run_id):
+            return None
+        return r
+    return None
+
+
 def run_experiment(path: str | Path, overrides: list[str] | None = None, *, report: bool = True,
-                   progress: bool = True, echo=print) -> ExperimentResult:
+                   progress: bool = True, echo=print, fresh: bool = False) -> ExperimentResult:
     overrides = list(overrides or [])
     exp = load_experiment(yaml_path(str(path), "experiments"), overrides)
     preflight(exp)
@@ -48,25 +68,53 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
         return ExperimentResult(exp, "", {}, {}, None, "")
     tracker = tracking.Tracker(exp.name)
     git = tracking.git_state()
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    parent = tracker.start_run(f"{exp.name} {stamp}", tags={
-        "pixelexp.kind": "experiment", "pixelexp.experiment_file": str(exp.path),
-        "pixelexp.overrides": " ".join(overrides) or "(none)", "pixelexp.world_size": ctx.world, **git,
-        **({"mlflow.note.content": exp.description} if exp.description else {})})
-    parent.log_params({"variants": ",".join(v.name for v in exp.variants),
-                       "overrides": " ".join(overrides) or "(none)"})
-    parent.log_text((exp.path.read_text()), f"experiment/{exp.path.name}")
-    echo(f"experiment {exp.name}: {len(exp.variants)} variants, MLflow store {tracker.uri}, "
-         f"parent run {parent.run_id}")
+    sha = hashlib.sha256(exp.path.read_bytes()).hexdigest()
+    over = " ".join(overrides) or "(none)"
+    found = None if fresh else find_unfinished(tracker, sha, over, ctx.world)
+    if found is not None:
+        parent = tracker.reopen(found.info.run_id)
+        echo(f"experiment {exp.name}: continuing parent run {parent.run_id} ({found.info.status}); "
+             f"`--fresh` starts a new one")
+    else:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        parent = tracker.start_run(f"{exp.name} {stamp}", tags={
+            "pixelexp.kind": "experiment", "pixelexp.experiment_file": str(exp.path),
+            "pixelexp.experiment_sha": sha, "pixelexp.overrides": over, "pixelexp.world_size": ctx.world, **git,
+            **({"mlflow.note.content": exp.description} if exp.description else {})})
+        parent.log_params({"variants": ",".join(v.name for v in exp.variants), "overrides": over})
+        parent.log_text((exp.path.read_text()), f"experiment/{exp.path.name}")
+        echo(f"experiment {exp.name}: {len(exp.variants)} variants, MLflow store {tracker.uri}, "
+             f"parent run {parent.run_id}")
+    tracking.claim(parent.run_id)
+    previous = {}  # variant -> its newest child run, when continuing
+    if found is not None:
+        for c in tracker.child_runs(parent.run_id):  # oldest first: later ones win
+            previous[c["tags"].get("pixelexp.variant")] = c
     child_ids, results = {}, {}
     with parent:
         for v in exp.variants:
-            child = tracker.start_run(v.name, parent=parent, tags={
-                "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git,
-                **{f"published.{k}": val for k, val in v.published.items()}})
+            old = previous.get(v.name)
+            if old is not None and old["status"] == "FINISHED":
+                echo(f"[{v.name}] finished before in run {old['run_id']}: not run again")
+                child_ids[v.name] = old["run_id"]
+                results[v.name] = RunResult(metrics=old["metrics"])
+                continue
+            if old is not None:
+                from pixelexp.resume import check_can_resume, prepare
+                check_can_resume(old["run_id"], old["status"])
+                ckpt = prepare(tracker, old["run_id"], v.config)
+                echo(f"[{v.name}] resuming run {old['run_id']} from "
+                     f"{ckpt['_path'] if ckpt else 'the start'}")
+                child = tracker.reopen(old["run_id"])
+                child.seed_from_store()
+            else:
+                ckpt = None
+                child = tracker.start_run(v.name, parent=parent, tags={
+                    "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git,
+                    **{f"published.{k}": val for k, val in v.published.items()}})
             child_ids[v.name] = child.run_id
             with child:
-                results[v.name] = run(v.config, child, label=v.name, progress=progress, echo=echo)
+                results[v.name] = run(v.config, child, label=v.name, progress=progress, echo=echo, resume=ckpt)
     report_dir = None
     if report:
         from pixelexp.report import make_report

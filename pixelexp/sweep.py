@@ -380,7 +380,7 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
     from pixelexp.tracking import RunLog
     from pixelexp.train import run
     states = optuna.trial.TrialState
-    parent = RunLog(tracker.client, parent_id)
+    parent = RunLog(tracker.client, parent_id, journal=False)  # workers share it: sent directly
     me = f"{socket.gethostname()}:{os.getpid()}"
     beating = _heartbeats(study)
     done = 0
@@ -481,7 +481,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
     tracker = tracking.Tracker(f"sweep-{sweep.name}")
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     if parent_id is None or not tracker.has_run(parent_id):
-        parent = tracker.start_run(f"sweep {sweep.name}", tags={
+        parent = tracker.start_run(f"sweep {sweep.name}", journal=False, tags={
             "pixelexp.kind": "sweep", "optuna.study": sweep.name, "optuna.storage": url,
             "pixelexp.sweep_file": str(sweep.path), **tracking.git_state()})
         parent.log_params({"n_trials": sweep.n_trials, "metrics": ",".join(sweep.metrics),
@@ -492,7 +492,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
         parent_id = parent.run_id
     else:
-        tracker.reopen(parent_id)
+        tracker.reopen(parent_id, journal=False)
     retried = recover(study)
     close_dead_runs(tracker, retried)
     added = top_up(study, sweep.n_trials)
@@ -540,7 +540,7 @@ def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool,
     optuna = _optuna()
     from pixelexp.tracking import RunLog
     states = optuna.trial.TrialState
-    parent = RunLog(tracker.client, parent_id)
+    parent = RunLog(tracker.client, parent_id, journal=False)  # workers share it: sent directly
     trials = study.get_trials(deepcopy=False)
     summary = {s.name.lower(): sum(t.state == s for t in trials) for s in states}
     parent.log_metrics({f"trials_{k}": v for k, v in summary.items()}, step=0)

@@ -4,13 +4,23 @@ Store: `MLFLOW_TRACKING_URI` if set, else `sqlite:///mlflow.db` in the current f
 (the repo root when run through make), with artifacts in `mlartifacts/` beside it.
 One MLflow experiment per experiment file; one parent run per `make experiment`
 call; one child run per variant.
+
+Everything a run logs is first written to its journal (`runs/<run id>/journal/`, see
+journal.py) and sent by a background thread, in order. When the store stops answering,
+training goes on and the records wait; they are sent when it answers again, at the
+latest when the run ends (`PIXELEXP_TRACKING_WAIT` seconds of waiting, default 300),
+and otherwise stay in the journal for `python -m pixelexp sync runs/<run id>`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +30,11 @@ import numpy as np
 import pandas as pd
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A tracking server that stops answering should cost seconds, not MLflow's default of
+# minutes of retries per call: the journal below keeps the records and retries itself.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 warnings.filterwarnings("ignore", module="mlflow")
 logging.getLogger("mlflow").setLevel(logging.ERROR)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -28,10 +43,55 @@ import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
-from pixelexp.errors import UserError  # noqa: E402
+from pixelexp.errors import TrackingOutage, UserError  # noqa: E402
+from pixelexp.journal import Journal  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
+# Errors that say the store is (for now) unreachable or busy, so sending is retried;
+# any other MLflow error rejects that one record (kept in journal/rejected.jsonl).
+TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+                   "DEADLINE_EXCEEDED", "ABORTED", "ENDPOINT_NOT_FOUND"}
+
+
+def runs_root() -> Path:
+    """Local folders of runs (checkpoints, journal): $PIXELEXP_RUNS, else runs/."""
+    return Path(os.environ.get("PIXELEXP_RUNS") or "runs")
+
+
+def run_folder(run_id: str) -> Path:
+    return runs_root() / run_id
+
+
+def claim(run_id: str) -> None:
+    """Record host:pid of the process running a run (resume will not take over a live one)."""
+    import socket
+    folder = run_folder(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "owner").write_text(f"{socket.gethostname()}:{os.getpid()}")
+
+
+def owner_alive(run_id: str) -> str | None:
+    """'host:pid' of a live process on this host that runs the run, else None."""
+    import socket
+    path = run_folder(run_id) / "owner"
+    try:
+        host, pid = path.read_text().rsplit(":", 1)
+        if host != socket.gethostname() or int(pid) == os.getpid():
+            return None
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return None
+    try:  # a zombie (killed, not yet reaped by its parent) is not alive
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+            return None
+    except OSError:
+        pass
+    return f"{host}:{pid}"
+
+
+def tracking_wait() -> float:
+    return float(os.environ.get("PIXELEXP_TRACKING_WAIT", "300"))
 
 
 def tracking_uri() -> str:
@@ -60,6 +120,26 @@ def git_state() -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(dirty).lower()}
 
 
+def git_diff() -> str:
+    """Uncommitted changes to tracked files ('' when clean or not a git checkout)."""
+    try:
+        return subprocess.run(["git", "diff", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return ""
+
+
+def pip_freeze() -> str:
+    """name==version of every installed distribution (what `pip freeze` lists)."""
+    from importlib import metadata
+    seen = {}
+    for d in metadata.distributions():
+        name = d.metadata["Name"]
+        if name and name.lower() not in seen:
+            seen[name.lower()] = f"{name}=={d.version}"
+    return "\n".join(sorted(seen.values(), key=str.lower)) + "\n"
+
+
 class Tracker:
     """A connection to one MLflow store and one experiment in it."""
 
@@ -82,12 +162,34 @@ class Tracker:
             self.experiment_id = found.experiment_id
         self.experiment = experiment
 
-    def start_run(self, name: str, parent: "RunLog | None" = None, tags: dict | None = None) -> "RunLog":
+    def start_run(self, name: str, parent: "RunLog | str | None" = None, tags: dict | None = None,
+                  journal: bool = True) -> "RunLog":
         all_tags = {**(tags or {})}
         if parent is not None:
-            all_tags["mlflow.parentRunId"] = parent.run_id
+            all_tags["mlflow.parentRunId"] = parent if isinstance(parent, str) else parent.run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        return RunLog(self.client, run.info.run_id)
+        return RunLog(self.client, run.info.run_id, journal=journal, uri=self.uri)
+
+    @classmethod
+    def of_run(cls, run_id: str, uri: str | None = None) -> "Tracker":
+        """The tracker of the experiment a run belongs to."""
+        uri = uri or tracking_uri()
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            exp_id = client.get_run(run_id).info.experiment_id
+        except Exception:  # noqa: BLE001
+            raise UserError(f"run {run_id!r} is not in the MLflow store {uri}; copy its id from `make ui` "
+                            f"or from the output of the command that started it") from None
+        return cls(client.get_experiment(exp_id).name, uri)
+
+    def run_info(self, run_id: str):
+        """(status, tags, name, experiment name) of a run in this store, or a one-line error."""
+        try:
+            r = self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001
+            raise UserError(f"run {run_id!r} is not in the MLflow store {self.uri}; copy its id "
+                            f"from `make ui` or from the output of the command that started it") from None
+        return r
 
     def has_run(self, run_id: str) -> bool:
         try:
@@ -96,10 +198,15 @@ class Tracker:
         except Exception:  # noqa: BLE001
             return False
 
-    def reopen(self, run_id: str) -> "RunLog":
-        """Mark a finished run as running again (a resumed sweep keeps its parent run)."""
+    def reopen(self, run_id: str, journal: bool = True) -> "RunLog":
+        """Mark a run as running again (a resumed run or sweep keeps its run id)."""
         self.client.update_run(run_id, status="RUNNING")
-        return RunLog(self.client, run_id)
+        self.client.set_tag(run_id, "pixelexp.resumed_at", time.strftime("%Y-%m-%d %H:%M:%S"))
+        return RunLog(self.client, run_id, journal=journal, uri=self.uri)
+
+    def find_runs(self, filter_string: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string,
+                                       order_by=["attributes.start_time DESC"], max_results=1000)
 
     # ---------------------------------------------------------------- reading back
 
@@ -146,35 +253,99 @@ def list_artifacts(run_id: str, path: str | None = None, uri: str | None = None)
 
 
 class RunLog:
-    """Everything one run writes to MLflow goes through here."""
+    """Everything one run writes to MLflow goes through here.
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    With `journal=True` (the default) each record is appended to the run's journal and
+    sent by a background thread, so a tracking server that goes away never stops
+    training; `end()` waits for the records to be sent. `journal=False` sends at once
+    (for handles on a run that another process journals, such as a sweep's parent)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, journal: bool = True, uri: str | None = None,
+                 warn=None):
         self.client = client
         self.run_id = run_id
+        self.uri = uri or tracking_uri()
+        self.folder = run_folder(run_id)
+        self.warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.journal = Journal(self.folder / "journal", {"run_id": run_id, "tracking_uri": self.uri}) \
+            if journal else None
+        self._sender = _Sender(client, run_id, self.journal, self.warn) if journal else None
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        event.setdefault("time", int(time.time() * 1000))
+        if self._sender is None:
+            _send_one(self.client, self.run_id, event, None)
+        else:
+            self._sender.put(event)
+
+    def seed_from_store(self) -> None:
+        """A resumed run with a fresh journal: learn which metrics the store already has."""
+        if self.journal is None or self.journal.events:
+            return
+        run = self.client.get_run(self.run_id)
+        ids = [("metric", k, m.step) for k in run.data.metrics
+               for m in self.client.get_metric_history(self.run_id, k)]
+        self.journal.mark_seen(ids)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)[:MAX_PARAM]) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        self._emit({"kind": "params", "values": {k: str(v)[:MAX_PARAM] for k, v in params.items()}})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._emit({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._emit({"kind": "metrics", "step": int(step), "values": {k: float(v) for k, v in metrics.items()}})
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        self.client.log_image(self.run_id, image, key=key, step=step)
+        event = {"kind": "image", "key": key, "step": int(step), "time": int(time.time() * 1000)}
+        if self.journal is not None:
+            name = f"image-{key}-{step}-{event['time']}.npy"
+            np.save(self.journal.file(name), image)
+            event["file"] = name
+        else:
+            event["array"] = image
+        self._emit(event)
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None, name: str | None = None,
+                     copy: bool = True) -> None:
+        """Log a file (as `name` if given). With copy=False the journal refers to the file
+        itself: if it is gone by the time it is sent (an old checkpoint dropped), it is skipped."""
+        path = Path(path).resolve()
+        if self.journal is not None and copy:
+            kept = self.journal.file(f"artifact-{len(self.journal.events)}-{path.name}")
+            shutil.copyfile(path, kept)
+            path = kept
+        self._emit({"kind": "artifact", "path": str(path), "dir": artifact_path, "name": name or Path(path).name})
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        if self.journal is not None:
+            name = f"text-{len(self.journal.events)}.txt"
+            self.journal.file(name).write_text(text)
+            self._emit({"kind": "text", "file": name, "artifact_file": artifact_file})
+        else:
+            self._emit({"kind": "text", "text": text, "artifact_file": artifact_file})
 
-    def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record is in the store -> False if it did not answer in time."""
+        return True if self._sender is None else self._sender.flush(timeout)
+
+    def end(self, status: str = "FINISHED", wait: float | None = None) -> None:
+        """Mark the run ended, after all its records; raise TrackingOutage if the store
+        does not take them within `wait` seconds (they stay in the journal)."""
+        self._emit({"kind": "status", "status": status})
+        if self._sender is None:
+            return
+        wait = tracking_wait() if wait is None else wait
+        if self._sender.flush(wait):
+            self._sender.stop()
+            shutil.rmtree(self.journal.folder, ignore_errors=True)  # everything is in the store
+            return
+        self._sender.stop()
+        raise TrackingOutage(
+            f"the MLflow store {self.uri} did not answer for {wait:.0f} s "
+            f"({self._sender.describe_error()}); {len(self.journal.pending())} records of run "
+            f"{self.run_id} are kept in {self.journal.folder}; when it answers again, send them with "
+            f"`python -m pixelexp sync {self.folder}`")
 
     def __enter__(self) -> "RunLog":
         return self
@@ -182,11 +353,193 @@ class RunLog:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.end("FINISHED")
-        else:
-            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
-            if exc is not None and not isinstance(exc, KeyboardInterrupt):
-                self.set_tags({"pixelexp.error": f"{exc_type.__name__}: {exc}"[:5000]})
+            return
+        from pixelexp.errors import Interrupted
+        killed = issubclass(exc_type, (KeyboardInterrupt, Interrupted))
+        if killed:
+            self.set_tags({"pixelexp.killed_by": str(exc) or exc_type.__name__})
+        elif exc is not None:
+            self.set_tags({"pixelexp.error": f"{exc_type.__name__}: {exc}"[:5000]})
+        try:  # a signal leaves little time: a short wait, the rest stays in the journal
+            self.end("KILLED" if killed else "FAILED", wait=min(tracking_wait(), 10.0) if killed else None)
+        except TrackingOutage as e:
+            self.warn(f"warning: {e}")
 
 
-__all__ = ["Tracker", "RunLog", "tracking_uri", "git_state", "metric_history",
-           "download", "list_artifacts"]
+class _Sender:
+    """Sends a journal's records to the store in order, on its own thread."""
+
+    def __init__(self, client: MlflowClient, run_id: str, journal: Journal, warn, thread: bool = True):
+        self.client, self.run_id, self.journal, self.warn = client, run_id, journal, warn
+        self.cv = threading.Condition()
+        self.error: BaseException | None = None
+        self.down_since: float | None = None
+        self.stopping = False
+        if thread:
+            self.thread = threading.Thread(target=self._loop, name=f"mlflow-sender-{run_id[:8]}", daemon=True)
+            self.thread.start()
+
+    def put(self, event: dict[str, Any]) -> None:
+        with self.cv:
+            self.journal.append(event)
+            self.cv.notify_all()
+
+    def describe_error(self) -> str:
+        e = self.error
+        return "no error" if e is None else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+    def flush(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cv:
+            self.cv.notify_all()
+            while self.journal.pending():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.cv.wait(timeout=left if left is None else min(left, 1.0))
+            return True
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopping = True
+            self.cv.notify_all()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        backoff = 0.5
+        while True:
+            with self.cv:
+                while not self.journal.pending() and not self.stopping:
+                    self.cv.wait()
+                if self.stopping:
+                    return
+                batch = list(self.journal.pending())
+            try:
+                self._send(batch)
+            except Exception as e:  # noqa: BLE001 - the store is away: wait and try again
+                self.error = e
+                if self.down_since is None:
+                    self.down_since = time.time()
+                    self.warn(f"warning: the MLflow store does not answer ({self.describe_error()}); "
+                              f"training goes on, records of run {self.run_id} wait in {self.journal.folder}")
+                with self.cv:
+                    self.cv.wait(timeout=backoff)
+                    if self.stopping:
+                        return
+                backoff = min(backoff * 2, 8.0)
+                continue
+            if self.down_since is not None:
+                self.warn(f"the MLflow store answers again after {time.time() - self.down_since:.0f} s; "
+                          f"records of run {self.run_id} sent")
+                self.down_since = None
+            backoff = 0.5
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        i = 0
+        while i < len(batch):
+            j = i + 1
+            if batch[i]["kind"] == "metrics":  # consecutive metrics go in one request
+                n = len(batch[i]["values"])
+                while j < len(batch) and batch[j]["kind"] == "metrics" and n + len(batch[j]["values"]) <= 1000:
+                    n += len(batch[j]["values"])
+                    j += 1
+            try:
+                _send_many(self.client, self.run_id, batch[i:j], self.journal)
+            except Exception as e:  # noqa: BLE001
+                if _transient(e):
+                    raise
+                self._reject(batch[i:j], e)
+            with self.cv:
+                self.journal.mark_sent(batch[j - 1]["seq"] + 1)
+                self.cv.notify_all()
+            i = j
+
+    def _reject(self, events: list[dict[str, Any]], e: Exception) -> None:
+        import json
+        with open(self.journal.folder / "rejected.jsonl", "a") as f:
+            for ev in events:
+                f.write(json.dumps({**ev, "error": f"{type(e).__name__}: {e}"[:500]}) + "\n")
+        self.warn(f"warning: the MLflow store rejected a {events[0]['kind']} record of run {self.run_id} "
+                  f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); kept in "
+                  f"{self.journal.folder / 'rejected.jsonl'}")
+
+
+def _transient(e: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+    return not isinstance(e, MlflowException) or e.error_code in TRANSIENT_CODES
+
+
+def _send_many(client: MlflowClient, run_id: str, events: list[dict[str, Any]], journal: Journal | None) -> None:
+    if events[0]["kind"] == "metrics":
+        metrics = [Metric(k, v, e["time"], e["step"]) for e in events for k, v in e["values"].items()]
+        client.log_batch(run_id, metrics=metrics)
+    else:
+        for e in events:
+            _send_one(client, run_id, e, journal)
+
+
+def _send_one(client: MlflowClient, run_id: str, e: dict[str, Any], journal: Journal | None) -> None:
+    kind = e["kind"]
+    if kind == "metrics":
+        client.log_batch(run_id, metrics=[Metric(k, v, e["time"], e["step"]) for k, v in e["values"].items()])
+    elif kind == "params":
+        items = [Param(k, v) for k, v in e["values"].items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            client.log_batch(run_id, params=items[i:i + 100])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in e["values"].items()])
+    elif kind == "image":
+        sent = client.list_artifacts(run_id, "images")  # sent before a crash or an outage?
+        if any(Path(a.path).name.startswith(f"{e['key']}+step+{e['step']}+") for a in sent):
+            return
+        image = e["array"] if "array" in e else np.load(journal.file(e["file"]))
+        client.log_image(run_id, image, key=e["key"], step=e["step"], timestamp=e["time"], synchronous=True)
+    elif kind == "text":
+        text = e["text"] if "text" in e else journal.file(e["file"]).read_text()
+        client.log_text(run_id, text, e["artifact_file"])
+    elif kind == "artifact":
+        path = Path(e["path"])
+        if not path.exists():  # a checkpoint dropped since: a newer one follows
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            named = Path(tmp) / e["name"]
+            try:
+                os.link(path, named)
+            except OSError:
+                shutil.copyfile(path, named)
+            client.log_artifact(run_id, str(named), e["dir"])
+    elif kind == "status":
+        client.set_terminated(run_id, status=e["status"], end_time=e["time"])
+    else:
+        raise ValueError(f"unknown journal record {kind!r}")
+
+
+def sync(folder: str | Path, uri: str | None = None, echo=print) -> int:
+    """Send the records a run's journal still holds -> how many were sent."""
+    folder = Path(folder)
+    jdir = folder / "journal" if (folder / "journal").is_dir() else folder
+    if not (jdir / "events.jsonl").exists():
+        raise UserError(f"{folder}: no journal here (expected {folder}/journal/events.jsonl); give the "
+                        f"run folder named in the message, e.g. runs/<run id>")
+    journal = Journal(jdir)
+    meta = journal.meta
+    uri = uri or meta.get("tracking_uri") or tracking_uri()
+    run_id = meta.get("run_id") or folder.name
+    client = MlflowClient(tracking_uri=uri)
+    pending = journal.pending()
+    if not pending:
+        echo(f"{jdir}: nothing left to send for run {run_id}")
+        return 0
+    try:
+        _Sender(client, run_id, journal, echo, thread=False)._send(pending)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"the MLflow store {uri} does not answer ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160]}); {len(journal.pending())} records of run {run_id} "
+                        f"still wait in {jdir}; try again later") from None
+    echo(f"sent {len(pending)} records of run {run_id} to {uri}")
+    shutil.rmtree(jdir, ignore_errors=True)
+    return len(pending)
+
+
+__all__ = ["Tracker", "RunLog", "tracking_uri", "git_state", "git_diff", "pip_freeze", "metric_history",
+           "download", "list_artifacts", "run_folder", "runs_root", "sync"]

@@ -1,5 +1,14 @@
 """The training loop, in the open: one `run(config)` seeds, loads data, builds the
-model, trains, evaluates, samples and tracks. Experiments and sweeps both call it.
+model, trains, evaluates, samples, checkpoints and tracks. Experiments, sweeps,
+`resume` and `rerun` all call it.
+
+Runs survive: a checkpoint (checkpoint.py) is written at the end of every epoch,
+every `train.checkpoint_minutes` within one, and when SIGINT/SIGTERM arrives (after
+the batch in flight); `run(cfg, log, resume=checkpoint)` continues from one so that,
+with `train.deterministic`, a run killed at any moment and resumed computes exactly
+what an uninterrupted run computes. A non-finite loss or gradient stops the run
+(`train.nan_policy: stop`) or skips that update (`skip_batch`, counted in
+`skipped_batches`).
 
 Units: the loss is the negative log-likelihood in bits per subpixel,
 
@@ -27,18 +36,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pixelexp import checkpoint, signals
 from pixelexp.config import Config
 from pixelexp.data import DataSplits, load_data
-from pixelexp.distributed import Dist, all_sum, barrier
+from pixelexp.distributed import Dist, all_sum, barrier, broadcast
 from pixelexp.distributed import setup as setup_distributed
 from pixelexp.distributed import wrap as wrap_ddp
-from pixelexp.errors import ConfigError
+from pixelexp.errors import CheckpointError, ConfigError, Interrupted
 from pixelexp.images import to_grid
 from pixelexp.models import AutoregressiveModel, build_model, count_parameters
 
 LN2 = math.log(2.0)
-CHECKPOINT_FORMAT = "pixelexp-checkpoint"
-CHECKPOINT_VERSION = 1
+TIMING_METRICS = ("epoch_seconds", "elapsed_hours", "images_per_second")  # the only ones that vary
 
 
 def bits_per_dim(nats_per_image: float, subpixels: int) -> float:
@@ -81,17 +90,35 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
     return torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
 
 
+def make_scheduler(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: lr * lr_decay ** epochs done."""
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.train.lr_decay)
+
+
+def set_deterministic(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = False
+
+
 def nats_per_image(model: AutoregressiveModel, x: torch.Tensor,
                    labels: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C, H, W) ints -> (B,) negative log-likelihood of each image in nats."""
     return -model.log_prob(x, labels).sum(dim=(1, 2, 3))
 
 
+class _StopEval(Exception):
+    pass
+
+
 @torch.no_grad()
 def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
-             device: torch.device, labels: torch.Tensor | None = None, ctx: Dist = Dist()) -> float:
+             device: torch.device, labels: torch.Tensor | None = None, ctx: Dist = Dist(),
+             stop=lambda: False) -> float:
     """Mean nats per image over a whole split (given its labels, for a conditional model);
-    across ranks, each evaluates a slice and the sums are added."""
+    across ranks, each evaluates a slice and the sums are added. `stop()` is asked
+    between batches (a signal arrived): it abandons the evaluation."""
     was_training = model.training
     model.eval()
     total = 0.0
@@ -100,6 +127,9 @@ def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
     images = images[lo:hi]
     labels = None if labels is None else labels[lo:hi]
     for start in range(0, len(images), batch_size):
+        if stop():
+            model.train(was_training)
+            raise _StopEval
         x = images[start:start + batch_size].to(device).long()
         y = labels[start:start + batch_size].to(device) if model.conditional else None
         total += nats_per_image(model, x, y).sum().item()
@@ -115,48 +145,197 @@ class RunResult:
     n_parameters: int = 0
     model: AutoregressiveModel | None = None
     samples: torch.Tensor | None = None
+    checkpoint: Path | None = None  # the last one written
 
 
-def train_epoch(model, optimizer, data: DataSplits, cfg: Config, epoch: int, device,
-                label: str, progress: bool, net=None, ctx: Dist = Dist()) -> tuple[float, float]:
-    """One pass over the training set -> (mean nats per image, seconds).
+@dataclass
+class Position:
+    """Where training stands; saved in every checkpoint."""
+    epoch: int = 1  # the epoch in progress
+    batch: int = 0  # its batches done
+    step: int = 0  # batches done in all epochs (optimizer steps, plus skipped ones)
+    nats: float = 0.0  # this epoch's training nats so far (summed over ranks)
+    seen: int = 0  # images in that sum
+    skipped: int = 0  # batches skipped for a non-finite loss or gradient (whole run)
+    train_seconds: float = 0.0  # this epoch's training time so far
+    elapsed: float = 0.0  # training + evaluation seconds of the finished epochs
+    trained: bool = False  # this epoch's training pass is done; its evaluation is not
+    history: list = field(default_factory=list)  # metrics of the finished epochs
 
-    `net` is the model as trained (DistributedDataParallel across ranks, else the model
-    itself); each rank takes its slice of every global batch of `train.batch_size`."""
-    net = net if net is not None else model
-    net.train()
-    dims = math.prod(data.image_shape)
-    g = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)  # data order of this epoch
-    order = torch.randperm(len(data.train), generator=g)
-    total, seen = 0.0, 0
-    bar = tqdm(total=len(order), desc=f"{label} epoch {epoch}", unit="img", leave=False,
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    start = time.perf_counter()
-    for k in range(0, len(order), cfg.train.batch_size):
-        batch = order[k:k + cfg.train.batch_size]
-        idx = batch[ctx.rank::ctx.world]  # this rank's slice of the global batch
-        x = data.train_batch(idx, g).to(device, non_blocking=True)
-        y = data.train_labels[idx].to(device) if model.conditional else None
-        nats = -net(x, y).sum(dim=(1, 2, 3))  # (b,) nats per image
-        # Bits/dim of the global batch; DDP averages gradients over ranks, hence * world.
-        loss = nats.sum() * ctx.world / (len(batch) * dims * LN2)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        batch_nats = nats.detach().sum().item()
-        if not math.isfinite(batch_nats):
-            raise FloatingPointError(f"loss became {batch_nats} at epoch {epoch}, batch {k // cfg.train.batch_size}; "
-                                     f"try a lower train.lr or train.grad_clip")
-        total += batch_nats
-        seen += len(idx)
-        bar.update(len(idx))
-        bar.set_postfix(bpd=f"{bits_per_dim(total / seen, dims):.4f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}")
-    bar.close()
-    total, seen = all_sum([total, seen], ctx, device)
-    return total / seen, time.perf_counter() - start
+
+class NonFiniteLoss(FloatingPointError):
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+def epoch_generator(cfg: Config, epoch: int) -> torch.Generator:
+    """The generator of one epoch's data order (and dynamic binarization)."""
+    return torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+
+
+class Trainer:
+    """One run's model, optimizer, scheduler and position, and the checkpoints of them."""
+
+    def __init__(self, cfg: Config, data: DataSplits, model, net, optimizer, scheduler, device, ctx: Dist,
+                 ckpt_dir: checkpoint.CheckpointDir | None, log, label: str, progress: bool):
+        self.cfg, self.data, self.model, self.net = cfg, data, model, net
+        self.optimizer, self.scheduler, self.device, self.ctx = optimizer, scheduler, device, ctx
+        self.ckpt_dir, self.log, self.label, self.progress = ckpt_dir, log, label, progress
+        self.pos = Position()
+        self.gen: torch.Generator | None = None  # the data generator of the epoch in progress
+        self.last_checkpoint = time.monotonic()
+        self.written: Path | None = None
+        self.data_rng: torch.Tensor | None = None  # the data generator's state to resume within an epoch
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict:
+        pos = dict(vars(self.pos))
+        return {
+            "config": self.cfg.to_dict(), "image_shape": list(self.data.image_shape),
+            "levels": self.data.levels, "num_classes": self.data.num_classes,
+            "data_checksum": self.data.checksum, "run_id": getattr(self.log, "run_id", None),
+            "epoch": len(self.pos.history),  # epochs finished
+            "metrics": self.pos.history[-1] if self.pos.history else {},
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "train_state": pos,
+            "data_rng": self.gen.get_state() if self.gen is not None and self.pos.batch else None,
+            "rng": checkpoint.pack_rng(checkpoint.rng_state()), "torch_version": str(torch.__version__),
+        }
+
+    def save(self, final: bool = False) -> Path | None:
+        """Rank 0 writes runs/<id>/checkpoints/step-N.pt and sends it as checkpoints/last.pt."""
+        self.last_checkpoint = time.monotonic()
+        if self.ckpt_dir is None or not self.ctx.main:
+            return None
+        self.written = self.ckpt_dir.write(self.state(), self.pos.step, final=final)
+        if self.log is not None:
+            self.log.log_artifact(self.written, "checkpoints", name="last.pt", copy=False)
+        return self.written
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.pos = Position(**ckpt["train_state"])
+        if not self.ctx.main:  # the partial sums are global: rank 0 carries them on
+            self.pos.nats, self.pos.seen = 0.0, 0
+        checkpoint.set_rng_state(checkpoint.unpack_rng(ckpt["rng"]))
+        self.data_rng = ckpt.get("data_rng")
+
+    # ------------------------------------------------------------------ signals
+
+    def _flags(self) -> tuple[bool, bool]:
+        """(checkpoint due, stop requested), agreed by all ranks."""
+        minutes = self.cfg.train.checkpoint_minutes
+        due = minutes > 0 and time.monotonic() - self.last_checkpoint >= minutes * 60
+        stop = signals.requested() is not None
+        if self.ctx.active:
+            due_n, stop_n = all_sum([float(due), float(stop)], self.ctx, self.device)
+            due, stop = due_n > 0, stop_n > 0
+        return due, stop
+
+    def interrupt(self) -> Interrupted:
+        """Write a checkpoint and return the exception that ends the run."""
+        path = self.save()
+        signum = signals.requested() or 15
+        p = self.pos
+        where = f"epoch {p.epoch}, {'after training' if p.trained else f'batch {p.batch}'} (step {p.step})"
+        again = f"; continue with `python -m pixelexp resume {self.log.run_id}`" if self.log is not None else ""
+        return Interrupted(signum, f"{signals.name(signum)} at {where}; checkpoint {path}{again}")
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self) -> None:
+        """Train from self.pos to the end of epoch self.pos.epoch."""
+        cfg, data, ctx, pos = self.cfg, self.data, self.ctx, self.pos
+        self.net.train()
+        dims = math.prod(data.image_shape)
+        g = self.gen = epoch_generator(cfg, pos.epoch)
+        order = torch.randperm(len(data.train), generator=g)
+        if pos.batch and self.data_rng is not None:  # resuming within this epoch
+            g.set_state(self.data_rng)
+        self.data_rng = None
+        bs = cfg.train.batch_size
+        bar = tqdm(total=len(order), initial=min(pos.batch * bs, len(order)), desc=f"{self.label} epoch {pos.epoch}",
+                   unit="img", leave=False, disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        t0, seconds0 = time.perf_counter(), pos.train_seconds
+        for k in range(pos.batch * bs, len(order), bs):
+            batch = order[k:k + bs]
+            idx = batch[ctx.rank::ctx.world]  # this rank's slice of the global batch
+            x = data.train_batch(idx, g).to(self.device, non_blocking=True)
+            y = data.train_labels[idx].to(self.device) if self.model.conditional else None
+            nats = -self.net(x, y).sum(dim=(1, 2, 3))  # (b,) nats per image
+            # Bits/dim of the global batch; DDP averages gradients over ranks, hence * world.
+            loss = nats.sum() * ctx.world / (len(batch) * dims * LN2)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            batch_nats = nats.detach().sum().item()
+            pos.step += 1
+            pos.batch += 1
+            if math.isfinite(batch_nats) and math.isfinite(grad_norm):
+                self.optimizer.step()
+                pos.nats += batch_nats
+                pos.seen += len(idx)
+            elif cfg.train.nan_policy == "skip_batch":
+                self.optimizer.zero_grad(set_to_none=True)
+                pos.skipped += 1
+            else:
+                raise NonFiniteLoss(
+                    f"non-finite {'loss' if not math.isfinite(batch_nats) else 'gradient'} at step {pos.step} "
+                    f"(epoch {pos.epoch}, batch {pos.batch}); the last good checkpoint is kept; try a lower "
+                    f"train.lr, train.grad_clip, or train.nan_policy=skip_batch", pos.step)
+            pos.train_seconds = seconds0 + time.perf_counter() - t0
+            bar.update(len(batch))
+            bar.set_postfix(bpd=f"{bits_per_dim(pos.nats / max(pos.seen, 1), dims):.4f}")
+            due, stop = self._flags()
+            if stop:
+                bar.close()
+                raise self.interrupt()
+            if due:
+                self.save()
+        bar.close()
+        pos.trained = True
+
+    def finish_epoch(self) -> dict[str, float]:
+        """Evaluate the epoch just trained -> its metrics (added to the history)."""
+        cfg, data, pos = self.cfg, self.data, self.pos
+        dims = math.prod(data.image_shape)
+        t0 = time.perf_counter()
+        bs = cfg.train.eval_batch_size
+        # A signal abandons the evaluation (one process only: ranks evaluate different numbers of batches).
+        stop = (lambda: False) if self.ctx.active else (lambda: signals.requested() is not None)  # noqa: E731
+        try:
+            val = evaluate(self.model, data.val, bs, self.device, data.val_labels, self.ctx, stop) \
+                if len(data.val) else float("nan")
+            test = evaluate(self.model, data.test, bs, self.device, data.test_labels, self.ctx, stop)
+        except _StopEval:
+            raise self.interrupt() from None
+        nats, seen = all_sum([pos.nats, pos.seen], self.ctx, self.device)
+        train = nats / seen if seen else float("nan")
+        epoch_s = pos.train_seconds + time.perf_counter() - t0
+        m = {"train_bpd": bits_per_dim(train, dims), "val_bpd": bits_per_dim(val, dims),
+             "test_bpd": bits_per_dim(test, dims)}
+        if data.levels == 2:
+            m.update(train_nats=train, val_nats=val, test_nats=test)
+        m.update(epoch_seconds=epoch_s, elapsed_hours=(pos.elapsed + epoch_s) / 3600.0,
+                 lr=self.optimizer.param_groups[0]["lr"],
+                 images_per_second=len(data.train) / max(pos.train_seconds, 1e-9))
+        if cfg.train.nan_policy == "skip_batch":
+            m["skipped_batches"] = float(pos.skipped)
+        pos.history.append({"epoch": pos.epoch, **m})
+        pos.elapsed += epoch_s
+        return m
+
+    def next_epoch(self) -> None:
+        self.scheduler.step()
+        p = self.pos
+        self.pos = Position(epoch=p.epoch + 1, step=p.step, skipped=p.skipped, elapsed=p.elapsed,
+                            history=p.history)
+        self.gen = None
 
 
 def draw_samples(model: AutoregressiveModel, n: int, seed: int, device,
@@ -170,95 +349,154 @@ def draw_samples(model: AutoregressiveModel, n: int, seed: int, device,
 
 def save_checkpoint(path: Path, model, optimizer, cfg: Config, data: DataSplits, epoch: int,
                     metrics: dict) -> Path:
-    """Written to a temporary file and renamed, so a crash never leaves half a file."""
-    state = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "config": cfg.to_dict(), "image_shape": list(data.image_shape), "levels": data.levels,
-        "num_classes": data.num_classes,
+    """A weights-only checkpoint (what `sample` needs), written atomically."""
+    return checkpoint.atomic_save({
+        "format": checkpoint.FORMAT, "version": 1, "config": cfg.to_dict(),
+        "image_shape": list(data.image_shape), "levels": data.levels, "num_classes": data.num_classes,
         "epoch": epoch, "metrics": metrics, "data_checksum": data.checksum,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "torch_version": str(torch.__version__),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+        "torch_version": str(torch.__version__)}, Path(path))
+
+
+def check_resumable(cfg: Config, ckpt: dict, data: DataSplits, where: str) -> None:
+    """A checkpoint continues a run only with the same model, data and seeds."""
+    saved = checkpoint_config(ckpt, where)
+    fixed = [k for k, v in cfg.flat().items()
+             if k.split(".")[0] in ("data", "model") or k in ("train.seed", "train.optimizer", "train.batch_size")]
+    differ = [f"{k}: {saved.flat()[k]!r} in the checkpoint, {cfg.flat()[k]!r} now" for k in fixed
+              if saved.flat()[k] != cfg.flat()[k]]
+    if differ:
+        raise CheckpointError(f"{where} does not match this run's config ({'; '.join(differ[:3])}); "
+                              f"resume it with its own config, or start a new run with `rerun`")
+    if ckpt.get("data_checksum") != data.checksum:
+        raise CheckpointError(f"{where}: the data changed since the checkpoint was written (checksum "
+                              f"{str(ckpt.get('data_checksum'))[:12]} then, {data.checksum[:12]} now); "
+                              f"restore the data files, or start a new run with `rerun`")
+
+
+def checkpoint_config(ckpt: dict, where: str) -> Config:
+    from pixelexp.config import config_from_dict
+    try:
+        return config_from_dict(ckpt["config"], f"{where} (config)")
+    except ConfigError as e:
+        raise CheckpointError(f"{e}; the checkpoint was written by another pixelexp version") from None
 
 
 def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, echo=print,
-        on_epoch=None) -> RunResult:
-    """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing.
-    `on_epoch(epoch, metrics)` is called after each epoch's evaluation (a sweep reports to
-    Optuna there, and may stop the run by raising optuna.TrialPruned)."""
+        on_epoch=None, resume: dict | None = None) -> RunResult:
+    """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing
+    (and write no checkpoints). `resume`: a checkpoint (checkpoint.load) of this run to
+    continue from. `on_epoch(epoch, metrics)` is called after each epoch's evaluation (a
+    sweep reports to Optuna there, and may stop the run by raising optuna.TrialPruned)."""
     ctx = setup_distributed()
     device = pick_device(cfg.train.device)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     if not ctx.main:  # only rank 0 tracks and talks
         log, echo, progress, on_epoch = None, (lambda *a, **k: None), False, None
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    set_deterministic(cfg.train.deterministic)
+    try:
+        return _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device)
+    finally:
+        set_deterministic(was_deterministic)
+
+
+def _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device) -> RunResult:
     seed_everything(cfg.train.seed)
     data = load_data(cfg.data)
     model = make_model(cfg, data.image_shape, data.levels, data.num_classes).to(device)
     net = wrap_ddp(model, ctx, device)
     optimizer = make_optimizer(cfg, model)
-    dims = math.prod(data.image_shape)
+    scheduler = make_scheduler(cfg, optimizer)
     n_params = count_parameters(model)
+    folder = getattr(log, "folder", None)
+    # With DDP only rank 0 has the run; the others learn whether to resume from it.
+    folder = broadcast(str(folder) if folder else None, ctx)
+    ckpt_dir = checkpoint.CheckpointDir(Path(folder) / "checkpoints", cfg.train.keep_checkpoints) if folder else None
+    trainer = Trainer(cfg, data, model, net, optimizer, scheduler, device, ctx, ckpt_dir, log, label, progress)
+    if ctx.active:  # every rank loads the checkpoint rank 0 resumes from
+        resume_path = broadcast(str(resume.get("_path", "")) if resume else None, ctx)
+        if resume is None and resume_path:
+            resume = checkpoint.load(resume_path, device)
+    if resume is not None:
+        check_resumable(cfg, resume, data, str(resume.get("_path", "checkpoint")))
+        trainer.restore(resume)
+        model.to(device)
+    if log is not None and resume is None:
+        log_reproducibility(log, cfg, data, n_params, device)
     if log is not None:
-        log.log_params({**cfg.flat(), **data.summary(), "n_parameters": n_params})
-        log.set_tags({"data_source": data.source, "device": str(device),
-                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                      "torch_version": str(torch.__version__), "pixelexp.model": cfg.model.name})
-        log.log_text(_yaml(cfg), "config.yaml")
+        from pixelexp.tracking import claim
+        claim(log.run_id)
+    pos = trainer.pos
+    done = "" if resume is None else f"; resuming at epoch {pos.epoch}, batch {pos.batch} (step {pos.step})"
     echo(f"[{label}] {cfg.model.name}: {n_params:,} parameters; data {data.source} "
          f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {data.levels} levels); "
-         f"device {device}")
+         f"device {device}{done}")
+    result = RunResult(metrics=dict(pos.history[-1]) if pos.history else {}, history=pos.history,
+                       n_parameters=n_params, model=model)
+    result.metrics.pop("epoch", None)
+    if signals.requested() is not None:  # a signal between two runs of an experiment
+        raise trainer.interrupt()
+    try:
+        _epochs(trainer, cfg, data, log, label, echo, on_epoch, result, device, ctx)
+    except NonFiniteLoss as e:
+        if log is not None:
+            log.set_tags({"pixelexp.nan_step": e.step,
+                          "pixelexp.last_checkpoint": str(ckpt_dir.latest()) if ckpt_dir else "none"})
+        raise
+    result.checkpoint = trainer.written
+    return result
 
-    result = RunResult(metrics={}, n_parameters=n_params, model=model)
-    elapsed = 0.0
-    for epoch in range(1, cfg.train.epochs + 1):
-        train_nats, train_s = train_epoch(model, optimizer, data, cfg, epoch, device, label, progress, net, ctx)
-        t0 = time.perf_counter()
-        bs = cfg.train.eval_batch_size
-        val_nats = evaluate(model, data.val, bs, device, data.val_labels, ctx) if len(data.val) else float("nan")
-        test_nats = evaluate(model, data.test, bs, device, data.test_labels, ctx)
-        epoch_s = train_s + time.perf_counter() - t0
-        elapsed += epoch_s
-        m = {"train_bpd": bits_per_dim(train_nats, dims), "val_bpd": bits_per_dim(val_nats, dims),
-             "test_bpd": bits_per_dim(test_nats, dims)}
-        if data.levels == 2:
-            m.update(train_nats=train_nats, val_nats=val_nats, test_nats=test_nats)
-        m.update(epoch_seconds=epoch_s, elapsed_hours=elapsed / 3600.0,
-                 lr=optimizer.param_groups[0]["lr"], images_per_second=len(data.train) / train_s)
+
+def _epochs(trainer: Trainer, cfg, data, log, label, echo, on_epoch, result, device, ctx) -> None:
+    while trainer.pos.epoch <= cfg.train.epochs:
+        epoch = trainer.pos.epoch
+        if not trainer.pos.trained:
+            trainer.train_epoch()
+        m = trainer.finish_epoch()
         result.metrics = m
-        result.history.append({"epoch": epoch, **m})
         if log is not None:
             log.log_metrics(m, step=epoch)
         nats = f" ({m['test_nats']:.2f} nats)" if data.levels == 2 else ""
         echo(f"[{label}] epoch {epoch}/{cfg.train.epochs}  bits/dim train {m['train_bpd']:.4f}  "
              f"val {m['val_bpd']:.4f}  test {m['test_bpd']:.4f}{nats}  "
-             f"{m['images_per_second']:.0f} img/s  {epoch_s:.1f} s")
+             f"{m['images_per_second']:.0f} img/s  {m['epoch_seconds']:.1f} s")
         if on_epoch is not None:
             on_epoch(epoch, m)
         last = epoch == cfg.train.epochs
         every = cfg.track.sample_every
         if ctx.main and cfg.track.sample_count and (last or (every and epoch % every == 0)):
             t0 = time.perf_counter()
-            result.samples = draw_samples(model, cfg.track.sample_count, cfg.train.seed, device,
+            result.samples = draw_samples(trainer.model, cfg.track.sample_count, cfg.train.seed, device,
                                           data.num_classes)
             if log is not None:
                 log.log_image(to_grid(result.samples, data.levels), key="samples", step=epoch)
             echo(f"[{label}] {cfg.track.sample_count} samples in {time.perf_counter() - t0:.1f} s")
         barrier(ctx)  # the other ranks wait while rank 0 samples
+        trainer.next_epoch()
+        trainer.save(final=last)
 
-    if log is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = save_checkpoint(Path(tmp) / "final.pt", model, optimizer, cfg, data, cfg.train.epochs,
-                                   result.metrics)
-            log.log_artifact(path, "checkpoints")
-    return result
+
+def log_reproducibility(log, cfg: Config, data: DataSplits, n_params: int, device) -> None:
+    """Everything needed to run it again: the resolved config, data checksum, seed (params),
+    code (git commit and diff), packages (pip freeze), machine."""
+    import platform
+
+    from pixelexp import tracking
+    log.log_params({**cfg.flat(), **data.summary(), "n_parameters": n_params})
+    git = tracking.git_state()
+    log.set_tags({"data_source": data.source, "device": str(device),
+                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  "torch_version": str(torch.__version__), "pixelexp.model": cfg.model.name,
+                  "python_version": platform.python_version(), "host": platform.node(), **git})
+    text = _yaml(cfg)
+    Path(log.folder).mkdir(parents=True, exist_ok=True)
+    (Path(log.folder) / "config.yaml").write_text(text)
+    log.log_text(text, "config.yaml")
+    log.log_text(tracking.pip_freeze(), "environment/requirements.txt")
+    if git.get("git_dirty") == "true":
+        log.log_text(tracking.git_diff(), "environment/git.diff")
 
 
 def _yaml(cfg: Config) -> str:

@@ -154,6 +154,7 @@ def test_a_crash_in_one_trial_is_recorded_not_fatal(env, tmp_path):
     s = load_sweep(f, TINY)
     study = open_study(s, storage_url(s, 1))
     study.enqueue_trial({"train.lr": 1e9})  # diverges to NaN/inf
+    study.enqueue_trial({"train.lr": 1e-3})
     assert main(["sweep", str(f), *TINY, "train.grad_clip=0"]) == 0
     trials = trials_of(f)
     assert len(trials) == 2 and trials[0].state == States.FAIL and trials[1].state == States.COMPLETE

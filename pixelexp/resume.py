@@ -1,0 +1,129 @@
+"""Continue a run from its last checkpoint (`resume`), or start a new run from exactly
+its config (`rerun`).
+
+    python -m pixelexp resume <run id> [--checkpoint PATH]
+    python -m pixelexp rerun <run id> [key=value ...]
+
+Everything is checked before the run is touched: the run exists and is not finished or
+still running, the checkpoint is readable, ours, of this run's model and data. A bad
+input is one line and exit code 2, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from pixelexp import checkpoint, tracking
+from pixelexp.config import Config, config_from_dict, parse_overrides, resolve
+from pixelexp.data import load_data
+from pixelexp.errors import CheckpointError, UserError
+from pixelexp.train import RunResult, check_resumable, make_model, run
+
+
+def run_config(tracker: tracking.Tracker, run_id: str) -> Config:
+    """The resolved config a run was started with (its folder, else its MLflow artifact)."""
+    local = tracking.run_folder(run_id) / "config.yaml"
+    if local.is_file():
+        text, where = local.read_text(), str(local)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                text = tracking.download(run_id, "config.yaml", tmp, tracker.uri).read_text()
+            except UserError:
+                raise UserError(f"run {run_id} has no config.yaml (neither in {local} nor in MLflow): "
+                                f"it is not a pixelexp training run, or it was killed before it started") from None
+        where = f"run {run_id} config.yaml"
+    return config_from_dict(yaml.safe_load(text), where)
+
+
+def _load_latest(run_id: str, uri: str) -> dict | None:
+    """The newest checkpoint of a run: its folder first, else MLflow's checkpoints/last.pt."""
+    latest = checkpoint.CheckpointDir(tracking.run_folder(run_id) / "checkpoints").latest()
+    if latest is not None:
+        return {**checkpoint.load(latest), "_path": str(latest)}
+    if "last.pt" not in [Path(p).name for p in tracking.list_artifacts(run_id, "checkpoints", uri)]:
+        return None
+    dst = tracking.run_folder(run_id) / "checkpoints"
+    dst.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        got = tracking.download(run_id, "checkpoints/last.pt", tmp, uri)
+        ckpt = checkpoint.load(got)
+        path = checkpoint.atomic_save(ckpt, dst / f"step-{ckpt['train_state']['step']:09d}.pt")
+    return {**ckpt, "_path": str(path)}
+
+
+def prepare(tracker: tracking.Tracker, run_id: str, cfg: Config, explicit: str | None = None) -> dict | None:
+    """The checkpoint to resume a run from (None: from the start), checked against its config."""
+    if explicit:
+        ckpt = {**checkpoint.load(explicit), "_path": str(explicit)}
+        if ckpt.get("run_id") not in (None, run_id):
+            raise CheckpointError(f"{explicit} is a checkpoint of run {ckpt['run_id']}, not of {run_id}; "
+                                  f"give one from runs/{run_id}/checkpoints/")
+    else:
+        ckpt = _load_latest(run_id, tracker.uri)
+    if ckpt is None:
+        return None
+    where = ckpt["_path"]
+    checkpoint.resumable(Path(where), ckpt)
+    data = load_data(cfg.data)
+    check_resumable(cfg, ckpt, data, where)
+    try:
+        make_model(cfg, data.image_shape, data.levels, data.num_classes).load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: its weights do not fit the model of the run's config "
+                              f"({str(e).splitlines()[0][:160]})") from None
+    return ckpt
+
+
+def check_can_resume(run_id: str, status: str) -> None:
+    if status == "FINISHED":
+        raise UserError(f"run {run_id} has finished; `python -m pixelexp rerun {run_id}` starts a new run "
+                        f"from its config")
+    owner = tracking.owner_alive(run_id)
+    if owner:
+        raise UserError(f"run {run_id} is still running (process {owner}); stop it first "
+                        f"(kill -TERM {owner.split(':')[1]} writes a checkpoint)")
+
+
+def resume_run(run_id: str, *, checkpoint_path: str | None = None, progress: bool = True,
+               echo=print) -> RunResult:
+    tracker = tracking.Tracker.of_run(run_id)
+    info = tracker.run_info(run_id)
+    check_can_resume(run_id, info.info.status)
+    cfg = run_config(tracker, run_id)
+    ckpt = prepare(tracker, run_id, cfg, checkpoint_path)
+    label = info.info.run_name or cfg.model.name
+    echo(f"resuming run {run_id} ({label}) in {tracker.uri} from "
+         f"{ckpt['_path'] if ckpt else 'the start (no checkpoint was written)'}")
+    log = tracker.reopen(run_id)
+    log.seed_from_store()
+    with log:
+        result = run(cfg, log, label=label, progress=progress, echo=echo, resume=ckpt)
+    echo(f"run {run_id} finished: test {result.metrics['test_bpd']:.4f} bits/dim")
+    return result
+
+
+def rerun(run_id: str, overrides: list[str] | None = None, *, progress: bool = True, echo=print) -> str:
+    """A new run (in the same MLflow experiment) from a run's exact config -> its id."""
+    tracker = tracking.Tracker.of_run(run_id)
+    info = tracker.run_info(run_id)
+    cfg = run_config(tracker, run_id)
+    if overrides:
+        cfg = resolve([cfg.flat(), parse_overrides(overrides)], [f"run {run_id} config", "command line"])
+    then, now = info.data.tags.get("git_commit"), tracking.git_state()["git_commit"]
+    if then and then != now:
+        echo(f"note: run {run_id} ran commit {then[:10]}, this checkout is {now[:10]}")
+    name = f"{info.info.run_name or cfg.model.name} (rerun)"
+    log = tracker.start_run(name, tags={"pixelexp.kind": "rerun", "pixelexp.rerun_of": run_id,
+                                        "pixelexp.overrides": " ".join(overrides or []) or "(none)"})
+    echo(f"rerun of {run_id}: new run {log.run_id} in {tracker.uri}")
+    with log:
+        result = run(cfg, log, label=name, progress=progress, echo=echo)
+    echo(f"run {log.run_id} finished: test {result.metrics['test_bpd']:.4f} bits/dim")
+    return log.run_id
+
+
+__all__ = ["resume_run", "rerun", "run_config", "prepare", "check_can_resume"]
