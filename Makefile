@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test experiment smoke sweep report sample ui clean
+.PHONY: help setup test experiment smoke sweep report sample resume rerun ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -52,6 +52,14 @@ report: $(STAMP) ## rewrite reports/$(EXP)/ (or reports/$(SWEEP)/ with SWEEP=...
 sample: $(STAMP) ## draw N samples from run RUN's checkpoint: make sample RUN=<id> N=64
 	@test -n "$(RUN)" || { echo "error: give a run id: make sample RUN=<run id> [N=64]" >&2; exit 2; }
 	$(PY) -m pixelexp sample $(RUN) --n $(N) $(ARGS)
+
+resume: $(STAMP) ## continue a killed or crashed run from its last checkpoint: make resume RUN=<id>
+	@test -n "$(RUN)" || { echo "error: give a run id: make resume RUN=<run id>" >&2; exit 2; }
+	$(PY) -m pixelexp resume $(RUN) $(ARGS)
+
+rerun: $(STAMP) ## start a new run from exactly the config of run RUN: make rerun RUN=<id> [ARGS=key=value]
+	@test -n "$(RUN)" || { echo "error: give a run id: make rerun RUN=<run id>" >&2; exit 2; }
+	$(PY) -m pixelexp rerun $(RUN) $(ARGS)
 
 ui: $(STAMP) ## serve the MLflow UI for the store on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

@@ -20,6 +20,7 @@ from pathlib import Path
 from pixelexp import tracking
 from pixelexp.config import Experiment, load_experiment, yaml_path
 from pixelexp.data import load_data
+from pixelexp.distributed import broadcast
 from pixelexp.distributed import setup as setup_distributed
 from pixelexp.train import RunResult, make_model, pick_device, run
 
@@ -64,7 +65,8 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     ctx = setup_distributed()
     if not ctx.main:  # torchrun: ranks > 0 train along, rank 0 alone tracks and reports
         for v in exp.variants:
-            run(v.config, None, label=v.name, progress=False, echo=lambda *a, **k: None)
+            if not broadcast(None, ctx):  # rank 0 says whether this variant runs (or finished before)
+                run(v.config, None, label=v.name, progress=False, echo=lambda *a, **k: None)
         return ExperimentResult(exp, "", {}, {}, None, "")
     tracker = tracking.Tracker(exp.name)
     git = tracking.git_state()
@@ -94,7 +96,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     with parent:
         for v in exp.variants:
             old = previous.get(v.name)
-            if old is not None and old["status"] == "FINISHED":
+            if broadcast(old is not None and old["status"] == "FINISHED", ctx):
                 echo(f"[{v.name}] finished before in run {old['run_id']}: not run again")
                 child_ids[v.name] = old["run_id"]
                 results[v.name] = RunResult(metrics=old["metrics"])

@@ -41,7 +41,7 @@ from typing import Any
 
 from pixelexp.config import (Config, check_key, did_you_mean, flatten, load_experiment, parse_overrides,
                              read_yaml, resolve, yaml_path)
-from pixelexp.errors import ConfigError, UserError
+from pixelexp.errors import ConfigError, Interrupted, TrackingOutage, UserError
 
 SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
               "objectives", "directions", "n_trials", "timeout", "sampler", "pruner", "storage", "heartbeat")
@@ -419,6 +419,14 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
             child.set_tags({"optuna.state": "pruned"})
             child.end("FINISHED")
             echo(f"[trial {trial.number}] pruned")
+        except (Interrupted, KeyboardInterrupt):  # SIGTERM/SIGINT: the trial stays RUNNING in the
+            # study, so the next `make sweep` queues it again (its worker is gone); the run is KILLED.
+            child.set_tags({"optuna.state": "interrupted (queued again by the next run of the sweep)"})
+            try:
+                child.end("KILLED", wait=10)
+            except TrackingOutage as e:
+                echo(f"warning: {e}")
+            raise
         except Exception as e:  # noqa: BLE001 - a crash or NaN in one trial is recorded, not fatal
             study.tell(trial, state=states.FAIL)
             child.set_tags({"optuna.state": "failed", "pixelexp.error": f"{type(e).__name__}: {e}"[:5000]})
@@ -562,7 +570,7 @@ def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool,
     parent.end("FINISHED")
     echo("")
     echo(f"study:        {sweep.name} in {url}")
-    echo(f"trials:       " + ", ".join(f"{v} {k}" for k, v in summary.items() if v))
+    echo("trials:       " + ", ".join(f"{v} {k}" for k, v in summary.items() if v))
     if "best_value" in best:
         echo(f"best:         trial {best['best_trial']}, {sweep.metrics[0]} = {best['best_value']:.4f}, "
              f"{best['best_params']}")

@@ -1,6 +1,5 @@
 """Data: IDX files, the MNIST sources, splits and binarization."""
 
-import gzip
 import io
 import json
 import os

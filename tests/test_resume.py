@@ -343,3 +343,47 @@ def test_resume_refuses_bad_checkpoints_with_one_line_and_writes_nothing(killed_
     assert main(["resume", run_id]) == 2  # finished: rerun, not resume
     assert "rerun" in capsys.readouterr().err
     assert main(["resume", "f" * 32]) == 2
+
+
+def test_rerunning_a_killed_experiment_continues_it(tmp_path):
+    if not (REPO.parent / "shared/data/mnist-10k/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("real digits not found")
+    exp = tmp_path / "two.yaml"
+    exp.write_text(f"""
+base:
+  data: {{root: {REPO.parent / 'shared/data/mnist-10k'}, train_limit: 200, val_size: 50, test_limit: 50}}
+  model: {{hidden_dims: 4, recurrent_length: 2, out_hidden_dims: 8}}
+  train: {{epochs: 3, batch_size: 20, deterministic: true, checkpoint_minutes: 0.003}}
+  track: {{sample_count: 0}}
+variants:
+  - name: first
+    model: {{name: pixel_cnn}}
+  - name: second
+    model: {{name: pixel_rnn}}
+""")
+    p = launch(tmp_path, "experiment", str(exp), "--no-report")
+    lines: list[str] = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("[second]") and "parameters; data" in line:
+            break
+    time.sleep(1.5)
+    p.kill()
+    p.wait()
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in c.search_runs(["1"])}
+    first = runs["first"].info.run_id
+    assert runs["first"].info.status == "FINISHED" and runs["second"].info.status == "RUNNING"
+    rc, out = finish(launch(tmp_path, "experiment", str(exp), "--no-report"))
+    assert rc == 0, out
+    assert f"[first] finished before in run {first}: not run again" in out
+    assert f"[second] resuming run {runs['second'].info.run_id}" in out
+    after = c.search_runs(["1"])
+    assert len(after) == 3  # the same parent and children: nothing started twice
+    assert all(r.info.status == "FINISHED" for r in after)
+    for r in after:
+        if r.info.run_name in ("first", "second"):
+            assert [m.step for m in c.get_metric_history(r.info.run_id, "val_bpd")] == [1, 2, 3]
+    assert c.get_run(first).info.end_time == runs["first"].info.end_time  # untouched
+    rc, out = finish(launch(tmp_path, "experiment", str(exp), "--no-report", "--fresh"))
+    assert rc == 0 and len(c.search_runs(["1"])) == 6  # --fresh: a new parent and children

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from pixelexp.nn.lstm import lstm_cell
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
