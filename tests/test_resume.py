@@ -25,13 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_args(root) -> list[str]:
-    # A small Diagonal BiLSTM: the recurrent scan, the optimizer state (RMSprop), the
-    # scheduler (lr_decay) and sampling all have to come back exactly.
-    return ["model.name=pixel_rnn", "model.hidden_dims=4", "model.recurrent_length=2",
-            "model.out_hidden_dims=8", f"data.root={root}", "data.train_limit=300", "data.val_size=50",
+    # A small Diagonal BiLSTM on dynamically binarized digits: the recurrent scan, the
+    # optimizer state (RMSprop), the scheduler (lr_decay), the data generator within an
+    # epoch (order and binarization) and sampling all have to come back exactly.
+    return ["model.name=pixel_rnn", "model.hidden_dims=4", "model.recurrent_length=2", "model.out_hidden_dims=8",
+            f"data.root={root}", "data.binarize=dynamic", "data.train_limit=300", "data.val_size=50",
             "data.test_limit=100", "train.epochs=3", "train.batch_size=20", "train.deterministic=true",
-            "train.checkpoint_minutes=0.003", "train.lr_decay=0.9", "track.sample_count=4",
-            "track.sample_every=1"]
+            "train.checkpoint_minutes=0.003", "train.lr_decay=0.9", "track.sample_count=4", "track.sample_every=1"]
 
 
 def launch(folder: Path, *args: str) -> subprocess.Popen:
@@ -82,6 +82,15 @@ def assert_same_training(a: dict, b: dict) -> None:
     assert a["scheduler"] == b["scheduler"]
 
 
+def started(p: subprocess.Popen, lines: list[str]) -> None:
+    """Read the output until training starts (the line with the parameter count)."""
+    for line in p.stdout:
+        lines.append(line.strip())
+        if "parameters; data" in line:
+            return
+    raise AssertionError("\n".join(lines))
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, request):
     """One uninterrupted run; the other tests compare against it."""
@@ -91,10 +100,12 @@ def reference(tmp_path_factory, request):
     root = REPO.parent / "shared/data/mnist-10k"
     p = launch(folder, "train", *tiny_args(root))
     run_id = run_id_of(p)
+    started(p, [])
+    t0 = time.monotonic()
     code, out = finish(p)
     assert code == 0, out
     return {"folder": folder, "run_id": run_id, "root": root, "history": history(folder, run_id),
-            "state": final_state(folder, run_id)}
+            "state": final_state(folder, run_id), "seconds": time.monotonic() - t0}
 
 
 def check_like_reference(reference, folder: Path, run_id: str) -> None:
@@ -120,15 +131,6 @@ def test_reference_run_is_complete(reference):
     assert h["val_bpd"][2][1] < h["val_bpd"][0][1]
 
 
-def started(p: subprocess.Popen, lines: list[str]) -> None:
-    """Read the output until training starts (the line with the parameter count)."""
-    for line in p.stdout:
-        lines.append(line.strip())
-        if "parameters; data" in line:
-            return
-    raise AssertionError("\n".join(lines))
-
-
 def test_sigkill_at_five_random_moments_then_resume_is_exact(reference, tmp_path):
     rng = random.Random(5)
     p = launch(tmp_path, "train", *tiny_args(reference["root"]))
@@ -138,7 +140,9 @@ def test_sigkill_at_five_random_moments_then_resume_is_exact(reference, tmp_path
     for kill in range(5):
         # Kill 3 lands in the start-up of `resume`; the others anywhere in training,
         # evaluation, sampling, logging or checkpoint writing.
-        time.sleep(rng.uniform(0.3, 2.5) if kill == 3 else rng.uniform(0.0, 1.5))
+        # Each kill at most 1/8 of the whole training time after the process starts training,
+        # so that the run cannot finish before the fifth kill, on a fast machine or a slow one.
+        time.sleep(rng.uniform(0.3, 2.5) if kill == 3 else rng.uniform(0.0, reference["seconds"] / 8))
         assert p.poll() is None, "the run finished before it could be killed"
         p.kill()  # SIGKILL: no handler runs
         p.wait()
