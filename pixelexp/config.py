@@ -73,6 +73,8 @@ class ModelConfig:
     use_skip: bool = opt(False, help="skip connections: every layer's output reaches the output layers")
     conditional: bool = opt(False, help="condition on the class label (gated_pixel_cnn)")
     scale_stride: int = opt(2, help="multiscale_pixel_rnn: the small image is every n-th row and column", min=2)
+    impl: str = opt("fast", help="recurrent layers: the fast scan, or the plain reference loop (same function)",
+                    choices=("fast", "plain"))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from pixelexp.distributed import setup as setup_distributed
 from pixelexp.distributed import wrap as wrap_ddp
 from pixelexp.errors import CheckpointError, ConfigError, Interrupted
 from pixelexp.images import to_grid
-from pixelexp.models import AutoregressiveModel, build_model, count_parameters
+from pixelexp.models import AutoregressiveModel, build_model, count_parameters, set_impl
 
 LN2 = math.log(2.0)
 TIMING_METRICS = ("epoch_seconds", "elapsed_hours", "images_per_second")  # the only ones that vary
@@ -80,7 +80,7 @@ def make_model(cfg: Config, image_shape, levels: int, num_classes: int | None = 
         hparams.update(conditional=True, num_classes=num_classes or 10)
     if cfg.model.name == "multiscale_pixel_rnn":
         hparams.update(scale_stride=cfg.model.scale_stride)
-    return build_model(cfg.model.name, image_shape=image_shape, levels=levels, **hparams)
+    return set_impl(build_model(cfg.model.name, image_shape=image_shape, levels=levels, **hparams), cfg.model.impl)
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -38,8 +38,22 @@ def build_model(name: str, image_shape: tuple[int, int, int], levels: int, **hpa
     return cls(image_shape, levels, **hparams)
 
 
+IMPLS = ("fast", "plain")
+
+
+def set_impl(model, impl: str):
+    """Switch every recurrent layer between its fast scan and the plain reference loop
+    (nn/plain.py): the same parameters, the same function. Returns the model."""
+    if impl not in IMPLS:
+        raise ConfigError(f"model.impl={impl!r}: choose one of {', '.join(IMPLS)}")
+    for m in model.modules():
+        if hasattr(type(m), "impl"):
+            m.impl = impl
+    return model
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "ALIASES", "build_model", "count_parameters", "AutoregressiveModel"]
+__all__ = ["MODELS", "ALIASES", "IMPLS", "build_model", "set_impl", "count_parameters", "AutoregressiveModel"]

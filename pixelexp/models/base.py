@@ -116,6 +116,27 @@ class AutoregressiveModel(nn.Module):
         return torch.multinomial(logits.float().softmax(-1), 1, generator=generator).squeeze(-1)
 
     @torch.no_grad()
+    def naive_sample(self, n: int | None = None, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The reference sampler: the whole image through the whole model for every
+        subpixel, in `generation_order`. What the fast samplers are tested and timed against."""
+        C, H, W = self.image_shape
+        device = device or next(self.parameters()).device
+        n = len(labels) if n is None and labels is not None else n
+        labels = None if labels is None else labels.to(device).long()
+        self._check_labels(labels, n)
+        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        was_training = self.training
+        self.eval()
+        try:
+            for c, i, j in self.generation_order():
+                logits = self.logits(x, labels)
+                x[:, c, i, j] = self._draw(logits[:, c, ..., i, j], generator)
+        finally:
+            self.train(was_training)
+        return x
+
+    @torch.no_grad()
     def sample(self, n: int | None = None, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Draw n images subpixel by subpixel -> LongTensor (n, C, H, W); a conditional

@@ -19,12 +19,12 @@ is shifted down one row before it is added: row i then only hears from rows < i.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
+from pixelexp.nn.plain import diagonal_bilstm_plain
 from pixelexp.nn.shifts import down_shift, skew, unskew
 
 
@@ -68,7 +68,11 @@ class DiagonalBiLSTM(nn.Module):
         self.cond_to_state = nn.Parameter(torch.empty(8 * hidden, cond_channels))
         nn.init.uniform_(self.cond_to_state, -(cond_channels or 1) ** -0.5, (cond_channels or 1) ** -0.5)
 
+    impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.impl == "plain":
+            return diagonal_bilstm_plain(self, x, cond)
         if cond is not None:  # the conditioning rides along as extra input channels
             return self._forward(torch.cat([x, cond], dim=1), x)
         return self._forward(x, x)

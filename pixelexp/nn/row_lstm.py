@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from pixelexp.nn.lstm import lstm_cell
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
+from pixelexp.nn.plain import row_lstm_plain
 
 
 class RowLSTM(nn.Module):
@@ -47,7 +48,11 @@ class RowLSTM(nn.Module):
         with torch.no_grad():  # forget gates start open
             self.input_to_state.bias.view(4, hidden)[1].fill_(1.0)
 
+    impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "plain":
+            return row_lstm_plain(self, x)
         B, _, H, W = x.shape
         gates = self.input_to_state(x).permute(2, 0, 3, 1)  # (H, B, W, 4h): a slab per row
         h = c = x.new_zeros(B, W, self.hidden)
