@@ -81,15 +81,16 @@ def test_cached_pixel_cnn_sampler_draws_the_naive_samplers_images(shape, levels,
 
 
 def test_the_sampler_check_can_fail():
-    """A cached sampler that forgot the row above (kept maps never read) draws other images."""
+    """A cached sampler that forgets the row above (in the kept image and maps) draws other images."""
     torch.manual_seed(0)
     model = build_model("pixel_cnn", image_shape=(1, 8, 8), levels=2, hidden_dims=12, recurrent_length=3)
     naive = model.naive_sample(6, generator=torch.Generator().manual_seed(1))
     at = model._at
 
     def forgetful(img, maps, w0, ws, i, j, k0):
+        img[:, :, i + k0 - 1] = 0  # the row above, as the kernel windows see it
         for m in maps:
-            m[:, :, i] = 0  # the row above, as the kernel window sees it
+            m[:, :, i] = 0
         return at(img, maps, w0, ws, i, j, k0)
     model._at = forgetful
     assert not torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive)
