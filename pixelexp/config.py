@@ -93,6 +93,12 @@ class TrainConfig:
                                                "epoch ends)", min=0.0)
     keep_checkpoints: int = opt(2, help="checkpoints kept in runs/<run id>/checkpoints", min=1)
     deterministic: bool = opt(False, help="deterministic algorithms only (exact resume and reruns on GPUs too)")
+    precision: str = opt("auto", help="fp32, or bf16 autocast (auto: bf16 on CUDA devices that have it)",
+                         choices=("auto", "fp32", "bf16"))
+    compile: str = opt("auto", help="torch.compile the model (auto: on for CUDA; falls back to eager with a "
+                                    "warning)", choices=("auto", "on", "off"))
+    channels_last: str = opt("auto", help="channels-last memory format (auto: on for CUDA)",
+                             choices=("auto", "on", "off"))
     nan_policy: str = opt("stop", help="on a non-finite loss or gradient: stop (run FAILED) or skip_batch",
                           choices=("stop", "skip_batch"))
 

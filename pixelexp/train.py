@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pixelexp import checkpoint, signals
+from pixelexp import checkpoint, fast, signals
 from pixelexp.config import Config
 from pixelexp.data import DataSplits, load_data
 from pixelexp.distributed import Dist, all_sum, barrier, broadcast
@@ -114,7 +114,7 @@ class _StopEval(Exception):
 @torch.no_grad()
 def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
              device: torch.device, labels: torch.Tensor | None = None, ctx: Dist = Dist(),
-             stop=lambda: False) -> float:
+             stop=lambda: False, paths: fast.FastPaths = fast.PLAIN) -> float:
     """Mean nats per image over a whole split (given its labels, for a conditional model);
     across ranks, each evaluates a slice and the sums are added. `stop()` is asked
     between batches (a signal arrived): it abandons the evaluation."""
@@ -131,7 +131,8 @@ def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
             raise _StopEval
         x = images[start:start + batch_size].to(device).long()
         y = labels[start:start + batch_size].to(device) if model.conditional else None
-        total += nats_per_image(model, x, y).sum().item()
+        with fast.autocast(paths, device):
+            total += nats_per_image(model, x, y).float().sum().item()
     model.train(was_training)
     (total,) = all_sum([total], ctx, device)
     return total / max(n, 1)
@@ -177,10 +178,12 @@ class Trainer:
     """One run's model, optimizer, scheduler and position, and the checkpoints of them."""
 
     def __init__(self, cfg: Config, data: DataSplits, model, net, optimizer, scheduler, device, ctx: Dist,
-                 ckpt_dir: checkpoint.CheckpointDir | None, log, label: str, progress: bool):
+                 ckpt_dir: checkpoint.CheckpointDir | None, log, label: str, progress: bool,
+                 paths: fast.FastPaths = fast.PLAIN):
         self.cfg, self.data, self.model, self.net = cfg, data, model, net
         self.optimizer, self.scheduler, self.device, self.ctx = optimizer, scheduler, device, ctx
         self.ckpt_dir, self.log, self.label, self.progress = ckpt_dir, log, label, progress
+        self.paths = paths
         self.pos = Position()
         self.gen: torch.Generator | None = None  # the data generator of the epoch in progress
         self.last_checkpoint = time.monotonic()
@@ -265,7 +268,8 @@ class Trainer:
             idx = batch[ctx.rank::ctx.world]  # this rank's slice of the global batch
             x = data.train_batch(idx, g).to(self.device, non_blocking=True)
             y = data.train_labels[idx].to(self.device) if self.model.conditional else None
-            nats = -self.net(x, y).sum(dim=(1, 2, 3))  # (b,) nats per image
+            with fast.autocast(self.paths, self.device):
+                nats = -self.net(x, y).float().sum(dim=(1, 2, 3))  # (b,) nats per image
             # Bits/dim of the global batch; DDP averages gradients over ranks, hence * world.
             loss = nats.sum() * ctx.world / (len(batch) * dims * LN2)
             self.optimizer.zero_grad(set_to_none=True)
@@ -308,9 +312,9 @@ class Trainer:
         # A signal abandons the evaluation (one process only: ranks evaluate different numbers of batches).
         stop = (lambda: False) if self.ctx.active else (lambda: signals.requested() is not None)  # noqa: E731
         try:
-            val = evaluate(self.model, data.val, bs, self.device, data.val_labels, self.ctx, stop) \
+            val = evaluate(self.model, data.val, bs, self.device, data.val_labels, self.ctx, stop, self.paths) \
                 if len(data.val) else float("nan")
-            test = evaluate(self.model, data.test, bs, self.device, data.test_labels, self.ctx, stop)
+            test = evaluate(self.model, data.test, bs, self.device, data.test_labels, self.ctx, stop, self.paths)
         except _StopEval:
             raise self.interrupt() from None
         nats, seen = all_sum([pos.nats, pos.seen], self.ctx, self.device)
@@ -413,7 +417,10 @@ def _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device) -> RunR
     # With DDP only rank 0 has the run; the others learn whether to resume from it.
     folder = broadcast(str(folder) if folder else None, ctx)
     ckpt_dir = checkpoint.CheckpointDir(Path(folder) / "checkpoints", cfg.train.keep_checkpoints) if folder else None
-    trainer = Trainer(cfg, data, model, net, optimizer, scheduler, device, ctx, ckpt_dir, log, label, progress)
+    paths = fast.resolve(cfg.train.precision, cfg.train.compile, cfg.train.channels_last, device)
+    net = fast.apply(model, net, paths)
+    trainer = Trainer(cfg, data, model, net, optimizer, scheduler, device, ctx, ckpt_dir, log, label, progress,
+                      paths)
     if ctx.active:  # every rank loads the checkpoint rank 0 resumes from
         resume_path = broadcast(str(resume.get("_path", "")) if resume else None, ctx)
         if resume is None and resume_path:
@@ -431,7 +438,7 @@ def _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device) -> RunR
     done = "" if resume is None else f"; resuming at epoch {pos.epoch}, batch {pos.batch} (step {pos.step})"
     echo(f"[{label}] {cfg.model.name}: {n_params:,} parameters; data {data.source} "
          f"({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {data.levels} levels); "
-         f"device {device}{done}")
+         f"device {device} ({paths.describe()}){done}")
     result = RunResult(metrics=dict(pos.history[-1]) if pos.history else {}, history=pos.history,
                        n_parameters=n_params, model=model)
     result.metrics.pop("epoch", None)
@@ -489,6 +496,8 @@ def log_reproducibility(log, cfg: Config, data: DataSplits, n_params: int, devic
                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   "torch_version": str(torch.__version__), "pixelexp.model": cfg.model.name,
                   "python_version": platform.python_version(), "host": platform.node(), **git})
+    paths = fast.resolve(cfg.train.precision, cfg.train.compile, cfg.train.channels_last, device)
+    log.set_tags({"pixelexp.fast_paths": paths.describe(), "pixelexp.impl": cfg.model.impl})
     text = _yaml(cfg)
     Path(log.folder).mkdir(parents=True, exist_ok=True)
     (Path(log.folder) / "config.yaml").write_text(text)

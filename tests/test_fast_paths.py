@@ -94,3 +94,52 @@ def test_the_sampler_check_can_fail():
         return at(img, maps, w0, ws, i, j, k0)
     model._at = forgetful
     assert not torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive)
+
+
+# ---------------------------------------------------------------- training switches
+
+
+def quick_cfg(mnist10k, *extra):
+    from pixelexp.config import load_config
+    return load_config(None, ["model.name=pixel_cnn", "model.hidden_dims=8", "model.recurrent_length=2",
+                              "model.out_hidden_dims=8", f"data.root={mnist10k}", "data.train_limit=400",
+                              "data.val_size=100", "data.test_limit=200", "train.epochs=1", "train.batch_size=50",
+                              "track.sample_count=0", *extra])
+
+
+def test_bf16_changes_the_bits_per_dim_of_a_short_training_by_under_001(mnist10k):
+    from pixelexp.train import run
+    fp32 = run(quick_cfg(mnist10k, "train.precision=fp32"), None, progress=False).metrics
+    bf16 = run(quick_cfg(mnist10k, "train.precision=bf16"), None, progress=False).metrics
+    assert fp32["test_bpd"] != bf16["test_bpd"]  # it did run in bf16
+    assert abs(fp32["test_bpd"] - bf16["test_bpd"]) < 0.01
+
+
+@pytest.mark.parametrize("name", ["pixel_cnn", "row_lstm"])
+def test_compiled_training_matches_eager(mnist10k, name, capsys):
+    from pixelexp.train import run
+    args = [f"model.name={name}", "data.train_limit=100", "model.hidden_dims=4", "model.recurrent_length=1",
+            "data.val_size=20", "data.test_limit=20", "model.out_hidden_dims=4", "train.batch_size=20"]
+    eager = run(quick_cfg(mnist10k, *args, "train.compile=off"), None, progress=False).metrics
+    warnings = []
+    compiled = run(quick_cfg(mnist10k, *args, "train.compile=on"), None, progress=False,
+                   echo=warnings.append).metrics
+    for k in ("train_bpd", "val_bpd", "test_bpd"):
+        assert compiled[k] == pytest.approx(eager[k], rel=1e-5), k
+    assert "compile" in warnings[0]  # the run says which fast paths it took
+    assert "torch.compile failed" not in capsys.readouterr().err  # compiled, not fallen back
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_warning(mnist10k, monkeypatch, capsys):
+    from pixelexp.train import run
+
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("no compiler for this")
+        return call
+    monkeypatch.setattr(torch, "compile", broken)
+    eager = run(quick_cfg(mnist10k, "train.compile=off"), None, progress=False).metrics
+    fallback = run(quick_cfg(mnist10k, "train.compile=on"), None, progress=False).metrics
+    assert fallback["test_bpd"] == eager["test_bpd"]
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed (RuntimeError: no compiler for this)") == 1

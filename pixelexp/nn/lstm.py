@@ -28,6 +28,15 @@ from pixelexp.nn.plain import diagonal_bilstm_plain
 from pixelexp.nn.shifts import down_shift, skew, unskew
 
 
+def lstm_cell(g: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gates (..., 4h) in the order i, f, o, g and the previous cell (..., h) -> (h, c)."""
+    hd = c.shape[-1]
+    ifo, cell = g.split([3 * hd, hd], dim=-1)
+    i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
+    c = torch.addcmul(f * c, i, torch.tanh(cell))
+    return o * torch.tanh(c), c
+
+
 class DiagonalBiLSTM(nn.Module):
     """One Diagonal BiLSTM layer with a residual connection.
 
@@ -69,6 +78,7 @@ class DiagonalBiLSTM(nn.Module):
         nn.init.uniform_(self.cond_to_state, -(cond_channels or 1) ** -0.5, (cond_channels or 1) ** -0.5)
 
     impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
+    cell = staticmethod(lstm_cell)  # the gate math of one step (fast.py may compile it into one kernel)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.impl == "plain":
@@ -118,7 +128,7 @@ class DiagonalBiLSTM(nn.Module):
             g = torch.bmm(x_t, w_in)  # (2, B*H, 4h): input-to-state
             g = torch.baddbmm(g, above, w_above)  # + state-to-state, the pixel above
             g = torch.baddbmm(g, h.view(2, B * H, hd), w_left)  # + the pixel to the left
-            h, c = lstm_cell(g, c)
+            h, c = self.cell(g, c)
             h = h.view(2, B, H, hd)
             outs.append(h)
         return torch.stack(outs, dim=1)
@@ -174,12 +184,3 @@ class DiagonalBiLSTM(nn.Module):
             row[:, j] = h
         cache["bw_above"], cache["fw_above"] = row, cache["fw_row"].clone()
         cache["h_left"], cache["c_left"] = torch.zeros_like(h), torch.zeros_like(c)
-
-
-def lstm_cell(g: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gates (..., 4h) in the order i, f, o, g and the previous cell (..., h) -> (h, c)."""
-    hd = c.shape[-1]
-    ifo, cell = g.split([3 * hd, hd], dim=-1)
-    i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
-    c = torch.addcmul(f * c, i, torch.tanh(cell))
-    return o * torch.tanh(c), c

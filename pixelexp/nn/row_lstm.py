@@ -49,6 +49,7 @@ class RowLSTM(nn.Module):
             self.input_to_state.bias.view(4, hidden)[1].fill_(1.0)
 
     impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
+    cell = staticmethod(lstm_cell)  # the gate math of one row (fast.py may compile it into one kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "plain":
@@ -66,7 +67,7 @@ class RowLSTM(nn.Module):
     def row_step(self, g_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         """One row: input gates (B, W, 4h), previous row's h and c (B, W, h) -> new h, c."""
         g = g_in + self.state_to_state(h.transpose(1, 2)).transpose(1, 2)  # (B, W, 4h)
-        return lstm_cell(g, c)
+        return self.cell(g, c)
 
     def finish(self, x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         out = self.output(states)
