@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test experiment smoke sweep report sample resume rerun ui clean
+.PHONY: help setup test experiment smoke sweep report sample resume rerun bench ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -60,6 +60,9 @@ resume: $(STAMP) ## continue a killed or crashed run from its last checkpoint: m
 rerun: $(STAMP) ## start a new run from exactly the config of run RUN: make rerun RUN=<id> [ARGS=key=value]
 	@test -n "$(RUN)" || { echo "error: give a run id: make rerun RUN=<run id>" >&2; exit 2; }
 	$(PY) -m pixelexp rerun $(RUN) $(ARGS)
+
+bench: $(STAMP) ## time every model, fast paths vs plain, into reports/bench/<device>.{json,md} [ARGS=--quick]
+	$(PY) -m pixelexp bench $(ARGS)
 
 ui: $(STAMP) ## serve the MLflow UI for the store on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

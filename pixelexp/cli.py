@@ -1,4 +1,4 @@
-"""python -m pixelexp {train,experiment,sweep,resume,rerun,sync,report,sample,receptive-field} ...
+"""python -m pixelexp {train,experiment,sweep,resume,rerun,sync,report,sample,bench,receptive-field} ...
 
 Every user error (bad config, missing data, bad checkpoint, bad arguments) ends with
 one line on stderr saying what is wrong and how to fix it, and exit code 2.
@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
+    b = sub.add_parser("bench", help="time training, evaluation and sampling, fast paths vs plain reference")
+    b.add_argument("--quick", action="store_true", help="settings [1], 28x28 gray, batch 16, fp32 (CPU: < 2 min)")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.add_argument("--models", default=",".join(("pixel_cnn", "pixel_rnn", "row_lstm", "gated_pixel_cnn")),
+                   help="comma-separated model names")
+    b.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="the fast path's train.compile (default auto: on for CUDA)")
+    b.add_argument("--out", default="reports/bench", help="folder for <device>.json and .md")
+
     f = sub.add_parser("receptive-field", help="picture which inputs reach one pixel (from gradients)")
     f.add_argument("model", help="model name, e.g. pixel_cnn, gated_pixel_cnn, diagonal_bilstm")
     f.add_argument("--pixel", default=None, help="i,j of the pixel (default: the centre)")
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"(for example train.lr=3e-4), options as in `python -m pixelexp "
                             f"{args.command} --help`")
         args.overrides = overrides
+        args.argv = argv
         if overrides and args.command not in ("train", "experiment", "sweep", "rerun"):
             raise UserError(f"{args.command} takes no key=value settings (got {overrides[0]!r})")
         from pixelexp.signals import graceful_stop
@@ -197,6 +207,16 @@ def _dispatch(args) -> None:
             raise UserError(f"sample: --n must be >= 1, got {args.n}")
         from pixelexp.sample import sample_run
         sample_run(args.run_id, n=args.n, out=args.out, seed=args.seed, device=args.device)
+    elif args.command == "bench":
+        from pixelexp.bench import run_bench
+        from pixelexp.models import MODELS
+        models = tuple(m for m in args.models.split(",") if m)
+        bad = [m for m in models if m not in MODELS]
+        if bad or not models:
+            raise UserError(f"bench --models: {bad[0] if bad else '(none)'!r} is not a model; "
+                            f"choose from {', '.join(MODELS)}")
+        run_bench(quick=args.quick, device=args.device, out=args.out, models=models, compile_=args.compile,
+                  command="python -m pixelexp " + " ".join(args.argv))
     elif args.command == "resume":
         from pixelexp.resume import resume_run
         resume_run(args.run_id, checkpoint_path=args.checkpoint, progress=not args.quiet)

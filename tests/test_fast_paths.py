@@ -143,3 +143,24 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(mnist10k, monkeypa
     assert fallback["test_bpd"] == eager["test_bpd"]
     err = capsys.readouterr().err
     assert err.count("torch.compile failed (RuntimeError: no compiler for this)") == 1
+
+
+def test_bench_writes_json_and_markdown_with_plain_ratios(tmp_path, capsys):
+    import json
+
+    from pixelexp.cli import main
+    assert main(["bench", "--quick", "--models", "pixel_cnn", "--out", str(tmp_path)]) == 0
+    (js,) = tmp_path.glob("*.json")
+    md = js.with_suffix(".md")
+    r = json.loads(js.read_text())
+    assert r["torch"] == torch.__version__ and r["command"].startswith("python -m pixelexp bench --quick")
+    assert [(x["model"], x["batch"]) for x in r["results"]] == [("pixel_cnn", 16), ("pixel_cnn", 100)]
+    first = r["results"][0]
+    for k in ("train_ips", "plain_train_ips", "eval_ips", "plain_eval_ips", "sample_ips", "naive_sample_ips",
+              "peak_memory_mb", "train_tflops", "pct_of_peak"):
+        assert first[k] > 0, k
+    assert first["train_ratio"] == pytest.approx(first["train_ips"] / first["plain_train_ips"])
+    assert first["sample_ips"] > first["naive_sample_ips"]  # the cached sampler against the naive one
+    assert "| pixel_cnn | 1 | 28x28 gray | 16 | fp32 |" in md.read_text()
+    assert main(["bench", "--models", "pixel_cnnn"]) == 2
+    assert "not a model" in capsys.readouterr().err

@@ -1,0 +1,281 @@
+"""python -m pixelexp bench [--quick]: how fast each model trains, evaluates and samples,
+on the fast paths and on the plain reference, in one run.
+
+For each model (pixel_cnn, pixel_rnn, row_lstm, gated_pixel_cnn) at settings [1] and
+[2] of experiments/rnn_vs_cnn.yaml, each image kind (28x28 gray, 2 levels; 32x32 RGB,
+256 levels), batch size (16, 256, 1024 on a GPU; 16 and 100 on a CPU) and precision
+(fp32, bf16) it measures:
+
+  train images/s    forward, backward, RMSprop step
+  eval images/s     log-likelihood without gradients
+  sample images/s   the model's fast sampler, and the naive one (the whole image
+                    through the model for every subpixel; on CPUs timed on the first
+                    rows and scaled to the image, since every step costs the same)
+  peak memory       CUDA: max allocated; CPU: the process's peak resident memory
+  FLOP/s            FLOPs of one training step (torch's FlopCounterMode) / its time,
+                    against the device's peak (a large matmul measured in the same run)
+
+beside the plain version of the same model (model.impl=plain, fp32, eager) and as a
+ratio to it. Timers are device-synchronized; warm-up steps are not timed; figures are
+medians of repeats. `--quick` (under 2 minutes on a CPU): settings [1], 28x28 gray,
+fp32 only (on a GPU batch 16 only). Results: reports/bench/<device>.json and .md.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixelexp import fast
+from pixelexp.config import load_experiment, yaml_path
+from pixelexp.models import build_model, set_impl
+
+MODELS = ("pixel_cnn", "pixel_rnn", "row_lstm", "gated_pixel_cnn")
+IMAGES = {"28x28 gray": ((1, 28, 28), 2), "32x32 rgb": ((3, 32, 32), 256)}
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    setting: int  # 1 or 2: rnn_vs_cnn's sizes
+    image: str
+    batch: int
+    precision: str
+
+
+def settings() -> dict[int, dict]:
+    """Settings [1] and [2] of rnn_vs_cnn: the first two variants' model sizes."""
+    exp = load_experiment(yaml_path("rnn_vs_cnn", "experiments"), [])
+    out = {}
+    for k, v in enumerate(exp.variants[:2], 1):
+        m = v.config.model
+        out[k] = dict(hidden_dims=m.hidden_dims, recurrent_length=m.recurrent_length,
+                      out_hidden_dims=m.out_hidden_dims, out_recurrent_length=m.out_recurrent_length)
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of fn() over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    """FLOP/s of a large square matmul: what this device reaches at best, measured."""
+    n = 1024 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / timed(lambda: a @ b, device, 3 if quick else 5)
+
+
+def step_flops(model, x, paths, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        with fast.autocast(paths, device):
+            loss = -model.log_prob(x).float().mean()
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+class Trainable:
+    """One model on one path (fast or plain): a training step and an evaluation."""
+
+    def __init__(self, case: Case, hp: dict, device, plain: bool, compile_: str):
+        shape, levels = IMAGES[case.image]
+        torch.manual_seed(0)
+        self.model = build_model(case.model, image_shape=shape, levels=levels, **hp).to(device)
+        set_impl(self.model, "plain" if plain else "fast")
+        self.paths = fast.PLAIN if plain else fast.resolve(case.precision, compile_, "auto", device)
+        self.net = fast.apply(self.model, self.model, self.paths)
+        self.opt = torch.optim.RMSprop(self.model.parameters(), lr=1e-4)
+        self.x = torch.randint(0, levels, (case.batch, *shape), device=device)
+        self.device = device
+
+    def train_step(self) -> None:
+        with fast.autocast(self.paths, self.device):
+            loss = -self.net(self.x).float().mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    @torch.no_grad()
+    def eval_step(self) -> None:
+        with fast.autocast(self.paths, self.device):
+            self.model.log_prob(self.x).float().sum().item()
+
+
+def naive_sample_rate(model, n: int, device, rows: int | None) -> float:
+    """Images/s of the naive sampler; with `rows`, timed on that many rows and scaled."""
+    C, H, W = model.image_shape
+    order = model.generation_order()
+    steps = len(order) if rows is None else min(len(order), rows * W * C)
+    x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    model.eval()
+    with torch.no_grad():
+        model.logits(x)  # warm-up
+        sync(device)
+        t = time.perf_counter()
+        for c, i, j in order[:steps]:
+            logits = model.logits(x)
+            x[:, c, i, j] = model._draw(logits[:, c, ..., i, j], g)
+        sync(device)
+    seconds = (time.perf_counter() - t) * len(order) / steps
+    return n / seconds
+
+
+def fast_sample_rate(model, n: int, device) -> float:
+    g = torch.Generator(device=device).manual_seed(0)
+    sync(device)
+    t = time.perf_counter()
+    model.sample(n, generator=g, device=device)
+    sync(device)
+    return n / (time.perf_counter() - t)
+
+
+def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_: str, echo,
+               sample: bool = True) -> dict:
+    reps = 3 if quick else 5
+    row: dict = {"model": case.model, "setting": case.setting, "image": case.image, "batch": case.batch,
+                 "precision": case.precision}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    fast_t = Trainable(case, hp, device, plain=False, compile_=compile_)
+    row["fast_paths"] = fast_t.paths.describe()
+    row["parameters"] = sum(p.numel() for p in fast_t.model.parameters())
+    warm = 3 if fast_t.paths.compile else 1  # compiling happens in the first calls
+    row["train_ips"] = case.batch / timed(fast_t.train_step, device, reps, warm)
+    row["eval_ips"] = case.batch / timed(fast_t.eval_step, device, reps, warm)
+    row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+    flops = step_flops(fast_t.model, fast_t.x, fast_t.paths, device)
+    row["train_tflops"] = flops * row["train_ips"] / case.batch / 1e12
+    peak = peaks["bf16" if fast_t.paths.bf16 else "fp32"]
+    row["pct_of_peak"] = 100 * row["train_tflops"] * 1e12 / peak
+    plain = Trainable(case, hp, device, plain=True, compile_="off")
+    row["plain_train_ips"] = case.batch / timed(plain.train_step, device, max(2, reps - 1))
+    row["plain_eval_ips"] = case.batch / timed(plain.eval_step, device, max(2, reps - 1))
+    row["train_ratio"] = row["train_ips"] / row["plain_train_ips"]
+    row["eval_ratio"] = row["eval_ips"] / row["plain_eval_ips"]
+    if case.precision == "fp32" and sample:  # fp32, once per model (it does not depend on the batch)
+        n = 100 if device.type == "cuda" else (8 if quick else 16)
+        model = fast_t.model
+        model.eval()
+        row["sample_n"] = n
+        row["sample_ips"] = fast_sample_rate(model, n, device)
+        rows = None if device.type == "cuda" and not quick else 1
+        row["naive_sample_ips"] = naive_sample_rate(model, n, device, rows)
+        row["naive_sample_scaled_from_rows"] = rows or "all"
+        row["sample_ratio"] = row["sample_ips"] / row["naive_sample_ips"]
+    echo(f"  {case.model:<16} [{case.setting}] {case.image:<10} b{case.batch:<5} {case.precision}: "
+         f"train {row['train_ips']:9.1f} img/s ({row['train_ratio']:.2f}x plain), "
+         f"eval {row['eval_ips']:9.1f} ({row['eval_ratio']:.2f}x)"
+         + (f", sample {row['sample_ips']:.1f} ({row['sample_ratio']:.1f}x naive)" if "sample_ips" in row else ""))
+    return row
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return f"cpu {platform.processor() or platform.machine()}"
+
+
+def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "reports/bench",
+              models: tuple[str, ...] = MODELS, compile_: str = "auto", command: str | None = None,
+              echo=print) -> dict:
+    from pixelexp.train import pick_device
+    dev = pick_device(device)
+    gpu = dev.type == "cuda"
+    hp = settings()
+    batches = (16, 256, 1024) if gpu else (16, 100)
+    batches = batches[:1] if quick and gpu else batches
+    precisions = ("fp32",) if quick else ("fp32", "bf16")
+    images = ("28x28 gray",) if quick else tuple(IMAGES)
+    sets = (1,) if quick else (1, 2)
+    t0 = time.perf_counter()
+    peaks = {"fp32": peak_flops(dev, torch.float32, quick)}
+    peaks["bf16"] = peak_flops(dev, torch.bfloat16, quick) if "bf16" in precisions else peaks["fp32"]
+    echo(f"bench on {device_name(dev)} ({dev}), torch {torch.__version__}; measured matmul peak "
+         f"{peaks['fp32'] / 1e12:.2f} TFLOP/s fp32" + (f", {peaks['bf16'] / 1e12:.2f} bf16" if not quick else ""))
+    rows = []
+    for image in images:
+        for s in sets:
+            for name in models:
+                for b in batches:
+                    for p in precisions:
+                        rows.append(bench_case(Case(name, s, image, b, p), hp[s], dev, quick, peaks, compile_,
+                                               echo, sample=b == batches[0]))
+    result = {"device": device_name(dev), "device_type": dev.type, "torch": str(torch.__version__),
+              "python": platform.python_version(), "command": command or " ".join(sys.argv),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "threads": torch.get_num_threads(),
+              "settings": hp, "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
+              "seconds": round(time.perf_counter() - t0, 1), "results": rows}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-") or dev.type
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{stem}.md").write_text(markdown(result))
+    echo(f"bench: {len(rows)} cases in {result['seconds']:.0f} s -> {out / stem}.json, {out / stem}.md")
+    return result
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# pixelexp bench: {r['device']}", "",
+             f"- command: `{r['command']}`", f"- torch {r['torch']}, Python {r['python']}, "
+             f"{r['threads']} threads, {r['date']}",
+             f"- settings: [1] {r['settings'][1]}; [2] {r['settings'][2]}",
+             "- device peak (measured matmul): " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in
+                                                               r["peak_tflops"].items()),
+             "- fast = the model's fast paths (listed); plain = model.impl=plain, fp32, eager. Medians of "
+             "repeats after warm-up, device-synchronized.", "",
+             "| model | set | image | batch | prec | fast paths | train img/s | plain | x | eval img/s | plain | x "
+             "| sample img/s | naive | x | peak MB | TFLOP/s | % peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["results"]:
+        s = (f"{x['sample_ips']:.1f} | {x['naive_sample_ips']:.2f} | {x['sample_ratio']:.1f}"
+             if "sample_ips" in x else "- | - | -")
+        lines.append(f"| {x['model']} | {x['setting']} | {x['image']} | {x['batch']} | {x['precision']} | "
+                     f"{x['fast_paths']} | {x['train_ips']:.1f} | {x['plain_train_ips']:.1f} | "
+                     f"{x['train_ratio']:.2f} | {x['eval_ips']:.1f} | {x['plain_eval_ips']:.1f} | "
+                     f"{x['eval_ratio']:.2f} | {s} | {x['peak_memory_mb']:.0f} | {x['train_tflops']:.4f} | "
+                     f"{x['pct_of_peak']:.2f} |")
+    lines += ["", "Naive sampling on CPUs is timed on the first row of subpixels and scaled to the whole "
+              "image (each step is a whole forward pass, so every step costs the same)."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["run_bench", "MODELS", "IMAGES"]
