@@ -11,7 +11,8 @@ For each model (pixel_cnn, pixel_rnn, row_lstm, gated_pixel_cnn) at settings [1]
   sample images/s   the model's fast sampler, and the naive one (the whole image
                     through the model for every subpixel; on CPUs timed on the first
                     rows and scaled to the image, since every step costs the same)
-  peak memory       CUDA: max allocated; CPU: the process's peak resident memory
+  peak memory       CUDA: max allocated in that case; CPU: the process's peak resident
+                    memory so far (it only grows through the run)
   FLOP/s            FLOPs of one training step (torch's FlopCounterMode) / its time,
                     against the device's peak (a large matmul measured in the same run)
 
@@ -178,7 +179,7 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     flops = step_flops(fast_t.model, fast_t.x, fast_t.paths, device)
     row["train_tflops"] = flops * row["train_ips"] / case.batch / 1e12
-    peak = peaks["bf16" if fast_t.paths.bf16 else "fp32"]
+    peak = peaks.get("bf16" if fast_t.paths.bf16 else "fp32", peaks["fp32"])
     row["pct_of_peak"] = 100 * row["train_tflops"] * 1e12 / peak
     plain = Trainable(case, hp, device, plain=True, compile_="off")
     row["plain_train_ips"] = case.batch / timed(plain.train_step, device, max(2, reps - 1))
@@ -228,9 +229,10 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
     sets = (1,) if quick else (1, 2)
     t0 = time.perf_counter()
     peaks = {"fp32": peak_flops(dev, torch.float32, quick)}
-    peaks["bf16"] = peak_flops(dev, torch.bfloat16, quick) if "bf16" in precisions else peaks["fp32"]
+    if "bf16" in precisions:
+        peaks["bf16"] = peak_flops(dev, torch.bfloat16, quick)
     echo(f"bench on {device_name(dev)} ({dev}), torch {torch.__version__}; measured matmul peak "
-         f"{peaks['fp32'] / 1e12:.2f} TFLOP/s fp32" + (f", {peaks['bf16'] / 1e12:.2f} bf16" if not quick else ""))
+         f"{peaks['fp32'] / 1e12:.2f} TFLOP/s fp32" + (f", {peaks['bf16'] / 1e12:.2f} bf16" if "bf16" in peaks else ""))
     rows = []
     for image in images:
         for s in sets:
