@@ -119,18 +119,20 @@ class DiagonalBiLSTM(nn.Module):
         seq: (2, P, B*H, ch+1) skewed inputs, w_in: (2, ch+1, 4h) -> states (2, P, B, H, h).
         """
         hd = self.hidden
-        h = seq.new_zeros(2, B, H, hd)
-        c = seq.new_zeros(2, B * H, hd)
+        h = c = None
         outs = []
         w_above, w_left = self.state_to_state.split(hd, dim=1)  # (2, h, 4h) each
+        w_state = torch.cat([w_left, w_above], dim=2)  # (2, h, 8h): both in one product
         for x_t in seq.unbind(1):  # P steps, one per diagonal (unbind: cheap backward)
-            above = F.pad(h, (0, 0, 1, 0))[:, :, :-1].reshape(2, B * H, hd)  # row r sees row r-1
             g = torch.bmm(x_t, w_in)  # (2, B*H, 4h): input-to-state
-            g = torch.baddbmm(g, above, w_above)  # + state-to-state, the pixel above
-            g = torch.baddbmm(g, h.view(2, B * H, hd), w_left)  # + the pixel to the left
+            if h is None:  # the first diagonal: no state yet
+                c = torch.zeros_like(g[..., :hd])
+            else:
+                left, above = torch.bmm(h, w_state).view(2, B, H, 8 * hd).split(4 * hd, dim=-1)
+                # Row r hears the state above it (row r-1 of the previous column): shift down one row.
+                g = (g.view(2, B, H, 4 * hd) + left + F.pad(above[:, :, :-1], (0, 0, 1, 0))).view(2, B * H, 4 * hd)
             h, c = self.cell(g, c)
-            h = h.view(2, B, H, hd)
-            outs.append(h)
+            outs.append(h.view(2, B, H, hd))
         return torch.stack(outs, dim=1)
 
     # ------------------------------------------------------------ pixel by pixel, for sampling
