@@ -64,20 +64,31 @@ def test_the_plain_loop_is_a_different_computation():
     assert rel(leaky, fast) > 1e-3
 
 
+@pytest.mark.parametrize("name", ["pixel_cnn", "gated_pixel_cnn"])
 @pytest.mark.parametrize("shape,levels,extra", [
     ((1, 10, 9), 2, {}),
     ((3, 6, 5), 4, {"use_skip": True}),
     ((1, 8, 8), 2, {"use_residual": False}),
     ((3, 5, 5), 256, {}),
 ])
-def test_cached_pixel_cnn_sampler_draws_the_naive_samplers_images(shape, levels, extra):
+def test_cached_cnn_samplers_draw_the_naive_samplers_images(name, shape, levels, extra):
     torch.manual_seed(0)
-    model = build_model("pixel_cnn", image_shape=shape, levels=levels, hidden_dims=12, recurrent_length=3,
+    model = build_model(name, image_shape=shape, levels=levels, hidden_dims=12, recurrent_length=3,
                         out_hidden_dims=8, **extra)
     fast = model.sample(6, generator=torch.Generator().manual_seed(1))
     naive = model.naive_sample(6, generator=torch.Generator().manual_seed(1))
     assert torch.equal(fast, naive)
     assert fast.float().std() > 0  # not a degenerate draw
+
+
+def test_cached_conditional_gated_sampler_draws_the_naive_samplers_images():
+    torch.manual_seed(0)
+    model = build_model("gated_pixel_cnn", image_shape=(1, 8, 8), levels=2, hidden_dims=12, recurrent_length=2,
+                        conditional=True, num_classes=10)
+    labels = torch.tensor([0, 3, 3, 7, 9, 1])
+    fast = model.sample(generator=torch.Generator().manual_seed(4), labels=labels)
+    naive = model.naive_sample(generator=torch.Generator().manual_seed(4), labels=labels)
+    assert torch.equal(fast, naive) and fast.float().std() > 0
 
 
 def test_the_sampler_check_can_fail():

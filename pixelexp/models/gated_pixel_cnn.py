@@ -122,3 +122,79 @@ class GatedPixelCNN(AutoregressiveModel):
             v, h = layer(v, h, labels)
             total = total + h
         return total if self.use_skip else h  # (B, F, H, W)
+
+    @torch.no_grad()
+    def sample(self, n: int | None = None, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Cached generation (as in Ramachandran et al., 2017): the vertical stack runs once
+        per finished row (one output row per layer, from the kept rows above it); the
+        horizontal stack runs per subpixel at that position only, from the kept row to
+        its left and the vertical stack's row above. Same draws as `naive_sample` for the
+        same generator (tested)."""
+        C, H, W = self.image_shape
+        device = device or next(self.parameters()).device
+        if labels is not None:
+            labels = labels.to(device).long()
+            n = len(labels) if n is None else n
+        self._check_labels(labels, n)
+        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        like = self.head.logits.weight
+        L = len(self.layers)
+        pads = [layer.vertical.k // 2 for layer in self.layers]
+        ins = [C] + [layer.out.out_channels for layer in self.layers[:-1]]
+        # Kept maps, zero-padded as the convolutions pad: vertical inputs (p rows above, p
+        # columns each side) and horizontal inputs of the current row (p columns on the left).
+        vmaps = [like.new_zeros(n, c, H + p, W + 2 * p) for c, p in zip(ins, pads)]
+        hrows = [like.new_zeros(n, c, W + p) for c, p in zip(ins, pads)]
+        emb = [layer.embed(labels) if layer.embed is not None else 0 for layer in self.layers]  # (n, 2F)
+        # link(down-shifted vertical) for the current row: row 0 sees the link's bias only.
+        links = [layer.link.bias.expand(n, W, -1) for layer in self.layers]  # (n, W, 2F)
+        wv = [layer.vertical.weight for layer in self.layers]
+        wh = [(layer.horizontal.weight * layer.horizontal.mask)[:, :, 0, : p + 1].flatten(1)
+              for layer, p in zip(self.layers, pads)]
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(H):
+                for j in range(W):
+                    for c in range(C):
+                        feats = self._h_at(hrows, links, emb, wh, pads, j)
+                        logits = self.head(feats[:, :, None, None])[:, :, 0, 0]
+                        if self.levels > 2:
+                            logits = logits.view(n, C, self.levels)
+                        x[:, c, i, j] = self._draw(logits[:, c], generator)
+                        hrows[0][:, c, j + pads[0]] = self.scale(x[:, c, i, j])
+                self._finish_row(x, i, vmaps, hrows, links, emb, wv, pads)
+        finally:
+            self.train(was_training)
+        return x
+
+    def _h_at(self, hrows, links, emb, wh, pads, j: int) -> torch.Tensor:
+        """The horizontal stack at (i, j) of the current row -> features (n, F); keeps each
+        layer's output at j in the next layer's row."""
+        total = 0
+        h = None
+        for l, (layer, p) in enumerate(zip(self.layers, pads)):
+            window = hrows[l][:, :, j: j + p + 1]  # columns j-p .. j
+            pre = torch.addmm(layer.horizontal.bias, window.flatten(1), wh[l].T) + links[l][:, j] + emb[l]
+            out = layer.out(gate(pre[:, :, None, None]))[:, :, 0, 0]  # (n, F)
+            h = hrows[l][:, :, j + p] + out if layer.residual else out
+            if l + 1 < len(self.layers):
+                hrows[l + 1][:, :, j + pads[l + 1]] = h
+            total = total + h
+        return total if self.use_skip else h
+
+    def _finish_row(self, x, i: int, vmaps, hrows, links, emb, wv, pads) -> None:
+        """Row i is drawn: run the vertical stack on it (one row per layer), keep
+        link(vertical) for row i + 1, and start the next row's horizontal inputs."""
+        v_row = self.scale(x[:, :, i])  # (n, C, W): layer 0's vertical input
+        for l, (layer, p) in enumerate(zip(self.layers, pads)):
+            vmaps[l][:, :, i + p, p: p + v_row.shape[-1]] = v_row
+            window = vmaps[l][:, :, i: i + p + 1]  # rows i-p .. i, padded columns
+            pre = F.conv2d(window, wv[l], layer.vertical.bias)[:, :, 0]  # (n, 2F, W)
+            links[l] = layer.link(pre[:, :, None])[:, :, 0].transpose(1, 2)  # (n, W, 2F), for row i+1
+            pre = pre + (emb[l][:, :, None] if torch.is_tensor(emb[l]) else 0)
+            v_row = gate(pre)
+        for r in hrows:
+            r.zero_()
+
