@@ -217,16 +217,19 @@ def device_name(device: torch.device) -> str:
 
 def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "reports/bench",
               models: tuple[str, ...] = MODELS, compile_: str = "auto", command: str | None = None,
+              batches: tuple[int, ...] | None = None, precisions: tuple[str, ...] | None = None,
+              images: tuple[str, ...] | None = None, sets: tuple[int, ...] | None = None,
               echo=print) -> dict:
+    """Each of batches/precisions/images/sets, when given, replaces the default list."""
     from pixelexp.train import pick_device
     dev = pick_device(device)
     gpu = dev.type == "cuda"
     hp = settings()
-    batches = (16, 256, 1024) if gpu else (16, 100)
-    batches = batches[:1] if quick and gpu else batches
-    precisions = ("fp32",) if quick else ("fp32", "bf16")
-    images = ("28x28 gray",) if quick else tuple(IMAGES)
-    sets = (1,) if quick else (1, 2)
+    default_batches = (16, 256, 1024) if gpu else (16, 100)
+    batches = batches or (default_batches[:1] if quick and gpu else default_batches)
+    precisions = precisions or (("fp32",) if quick else ("fp32", "bf16"))
+    images = images or (("28x28 gray",) if quick else tuple(IMAGES))
+    sets = sets or ((1,) if quick else (1, 2))
     t0 = time.perf_counter()
     peaks = {"fp32": peak_flops(dev, torch.float32, quick)}
     if "bf16" in precisions:

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                    help="the fast path's train.compile (default auto: on for CUDA)")
     b.add_argument("--out", default="reports/bench", help="folder for <device>.json and .md")
+    b.add_argument("--batches", help="comma-separated batch sizes (default: 16,256,1024 on a GPU, 16,100 on a CPU)")
+    b.add_argument("--precisions", help="comma-separated: fp32, bf16 (default both; --quick: fp32)")
+    b.add_argument("--images", help="comma-separated: gray28, rgb32 (default both; --quick: gray28)")
+    b.add_argument("--settings", help="comma-separated: 1, 2 (rnn_vs_cnn's sizes; default both; --quick: 1)")
 
     f = sub.add_parser("receptive-field", help="picture which inputs reach one pixel (from gradients)")
     f.add_argument("model", help="model name, e.g. pixel_cnn, gated_pixel_cnn, diagonal_bilstm")
@@ -215,8 +219,25 @@ def _dispatch(args) -> None:
         if bad or not models:
             raise UserError(f"bench --models: {bad[0] if bad else '(none)'!r} is not a model; "
                             f"choose from {', '.join(MODELS)}")
+        def listed(text, allowed: dict, flag: str):
+            if text is None:
+                return None
+            items = [t for t in text.split(",") if t]
+            bad = [t for t in items if t not in allowed]
+            if bad or not items:
+                raise UserError(f"bench {flag}: {bad[0] if bad else '(none)'!r} is not one of {', '.join(allowed)}")
+            return tuple(allowed[t] for t in items)
+        try:
+            batches = None if args.batches is None else tuple(int(b) for b in args.batches.split(","))
+        except ValueError:
+            raise UserError(f"bench --batches takes integers like 16,256, got {args.batches!r}") from None
+        if batches is not None and min(batches) < 1:
+            raise UserError(f"bench --batches must be positive, got {args.batches!r}")
         run_bench(quick=args.quick, device=args.device, out=args.out, models=models, compile_=args.compile,
-                  command="python -m pixelexp " + " ".join(args.argv))
+                  command="python -m pixelexp " + " ".join(args.argv), batches=batches,
+                  precisions=listed(args.precisions, {"fp32": "fp32", "bf16": "bf16"}, "--precisions"),
+                  images=listed(args.images, {"gray28": "28x28 gray", "rgb32": "32x32 rgb"}, "--images"),
+                  sets=listed(args.settings, {"1": 1, "2": 2}, "--settings"))
     elif args.command == "resume":
         from pixelexp.resume import resume_run
         resume_run(args.run_id, checkpoint_path=args.checkpoint, progress=not args.quiet)

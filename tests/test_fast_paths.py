@@ -7,6 +7,9 @@ import torch
 
 from pixelexp.models import build_model, set_impl
 
+# Every equivalence check also runs on a GPU when there is one (scripts/device_check.sh).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 def log_prob_and_grads(model, x):
     model.zero_grad(set_to_none=True)
@@ -31,14 +34,16 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     ("row_lstm", (3, 6, 7), 16, {"use_skip": True}),
     ("multiscale_pixel_rnn", (1, 12, 12), 2, {}),
 ])
-def test_fast_scan_matches_the_plain_loop(name, shape, levels, extra):
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_scan_matches_the_plain_loop(name, shape, levels, extra, device):
     torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
     model = build_model(name, image_shape=shape, levels=levels, hidden_dims=8, recurrent_length=3,
-                        out_hidden_dims=16, **extra)
+                        out_hidden_dims=16, **extra).to(device)
     with torch.no_grad():  # larger weights than at initialisation: gates away from 0.5
         for p in model.parameters():
             p.mul_(2.0)
-    x = torch.randint(0, levels, (4, *shape))
+    x = torch.randint(0, levels, (4, *shape), device=device)
     lp_fast, g_fast = log_prob_and_grads(set_impl(model, "fast"), x)
     lp_plain, g_plain = log_prob_and_grads(set_impl(model, "plain"), x)
     assert rel(lp_fast, lp_plain) < 1e-5
@@ -71,12 +76,13 @@ def test_the_plain_loop_is_a_different_computation():
     ((1, 8, 8), 2, {"use_residual": False}),
     ((3, 5, 5), 256, {}),
 ])
-def test_cached_cnn_samplers_draw_the_naive_samplers_images(name, shape, levels, extra):
+@pytest.mark.parametrize("device", DEVICES)
+def test_cached_cnn_samplers_draw_the_naive_samplers_images(name, shape, levels, extra, device):
     torch.manual_seed(0)
     model = build_model(name, image_shape=shape, levels=levels, hidden_dims=12, recurrent_length=3,
-                        out_hidden_dims=8, **extra)
-    fast = model.sample(6, generator=torch.Generator().manual_seed(1))
-    naive = model.naive_sample(6, generator=torch.Generator().manual_seed(1))
+                        out_hidden_dims=8, **extra).to(device)
+    fast = model.sample(6, generator=torch.Generator(device).manual_seed(1), device=device)
+    naive = model.naive_sample(6, generator=torch.Generator(device).manual_seed(1), device=device)
     assert torch.equal(fast, naive)
     assert fast.float().std() > 0  # not a degenerate draw
 
