@@ -29,6 +29,7 @@ exists); any URL given in the file or with --storage (e.g. postgresql://...).
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import socket
@@ -332,8 +333,19 @@ def recover(study) -> list:
     from optuna.storages import fail_stale_trials
     states = optuna.trial.TrialState
     if _heartbeats(study):
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(states.RUNNING,))}
+        running = study.get_trials(deepcopy=False, states=(states.RUNNING,))
+        before = {t.number for t in running}
         fail_stale_trials(study)  # calls `requeue` for each
+        # A worker killed after taking a trial but before its first heartbeat leaves no
+        # heartbeat to go stale; it sets its worker attribute right after that first beat,
+        # so a trial without one for several grace periods has no worker.
+        grace = study._storage.get_heartbeat_interval() * 2 * 3
+        now = datetime.datetime.now()
+        for t in running:
+            if WORKER_ATTR not in t.user_attrs and t.datetime_start is not None \
+                    and (now - t.datetime_start).total_seconds() > grace:
+                study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
+                requeue(study, t)
         return [t for t in study.get_trials(deepcopy=False, states=(states.FAIL,)) if t.number in before]
     retried = []
     for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
@@ -394,6 +406,8 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
                 recover(study)
                 continue
             break
+        # Beat first: a worker killed from here on leaves a heartbeat that goes stale.
+        stop = _start_heartbeat(study, trial_id) if beating else None
         trial = optuna.Trial(study, trial_id)
         trial.set_user_attr(WORKER_ATTR, me)
         values = {p.key: p.suggest(trial) for p in sweep.space}
@@ -411,7 +425,6 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        stop = _start_heartbeat(study, trial_id) if beating else None
         try:
             result = run(cfg, child, label=f"trial {trial.number}", progress=False, echo=echo, on_epoch=on_epoch)
         except optuna.TrialPruned:
@@ -455,9 +468,10 @@ def _start_heartbeat(study, trial_id: int):
     interval = study._storage.get_heartbeat_interval()
 
     def beat() -> None:
-        while not stop.is_set():
+        while not stop.wait(interval):
             study._storage.record_heartbeat(trial_id)
-            stop.wait(interval)
+
+    study._storage.record_heartbeat(trial_id)  # the first beat before anything else happens
 
     threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
     return stop
