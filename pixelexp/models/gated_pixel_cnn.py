@@ -139,7 +139,6 @@ class GatedPixelCNN(AutoregressiveModel):
         self._check_labels(labels, n)
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
         like = self.head.logits.weight
-        L = len(self.layers)
         pads = [layer.vertical.k // 2 for layer in self.layers]
         ins = [C] + [layer.out.out_channels for layer in self.layers[:-1]]
         # Kept maps, zero-padded as the convolutions pad: vertical inputs (p rows above, p
