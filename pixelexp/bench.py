@@ -8,7 +8,8 @@ For each model (pixel_cnn, pixel_rnn, row_lstm, gated_pixel_cnn) at settings [1]
 
   train images/s    forward, backward, RMSprop step
   eval images/s     log-likelihood without gradients
-  sample images/s   the model's fast sampler, and the naive one (the whole image
+  sample images/s   the model's fast sampler, and the naive one (--sample-n images;
+                    default 100 on a GPU, 16 on a CPU, 8 with --quick) (the whole image
                     through the model for every subpixel; on CPUs timed on the first
                     rows and scaled to the image, since every step costs the same)
   peak memory       CUDA: max allocated in that case; CPU: the process's peak resident
@@ -164,7 +165,7 @@ def fast_sample_rate(model, n: int, device) -> float:
 
 
 def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_: str, echo,
-               sample: bool = True) -> dict:
+               sample: bool = True, sample_n: int | None = None) -> dict:
     reps = 3 if quick else 5
     row: dict = {"model": case.model, "setting": case.setting, "image": case.image, "batch": case.batch,
                  "precision": case.precision}
@@ -187,7 +188,7 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
     row["train_ratio"] = row["train_ips"] / row["plain_train_ips"]
     row["eval_ratio"] = row["eval_ips"] / row["plain_eval_ips"]
     if case.precision == "fp32" and sample:  # fp32, once per model (it does not depend on the batch)
-        n = 100 if device.type == "cuda" else (8 if quick else 16)
+        n = sample_n or (100 if device.type == "cuda" else (8 if quick else 16))
         model = fast_t.model
         model.eval()
         row["sample_n"] = n
@@ -219,7 +220,7 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
               models: tuple[str, ...] = MODELS, compile_: str = "auto", command: str | None = None,
               batches: tuple[int, ...] | None = None, precisions: tuple[str, ...] | None = None,
               images: tuple[str, ...] | None = None, sets: tuple[int, ...] | None = None,
-              echo=print) -> dict:
+              sample_n: int | None = None, echo=print) -> dict:
     """Each of batches/precisions/images/sets, when given, replaces the default list."""
     from pixelexp.train import pick_device
     dev = pick_device(device)
@@ -243,7 +244,7 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
                 for b in batches:
                     for p in precisions:
                         rows.append(bench_case(Case(name, s, image, b, p), hp[s], dev, quick, peaks, compile_,
-                                               echo, sample=b == batches[0]))
+                                               echo, sample=b == batches[0], sample_n=sample_n))
     result = {"device": device_name(dev), "device_type": dev.type, "torch": str(torch.__version__),
               "python": platform.python_version(), "command": command or " ".join(sys.argv),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "threads": torch.get_num_threads(),

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precisions", help="comma-separated: fp32, bf16 (default both; --quick: fp32)")
     b.add_argument("--images", help="comma-separated: gray28, rgb32 (default both; --quick: gray28)")
     b.add_argument("--settings", help="comma-separated: 1, 2 (rnn_vs_cnn's sizes; default both; --quick: 1)")
+    b.add_argument("--sample-n", type=int, help="images per sampling timing (default 100 on a GPU, 16 on a CPU, "
+                                                "8 with --quick)")
 
     f = sub.add_parser("receptive-field", help="picture which inputs reach one pixel (from gradients)")
     f.add_argument("model", help="model name, e.g. pixel_cnn, gated_pixel_cnn, diagonal_bilstm")
@@ -233,11 +235,13 @@ def _dispatch(args) -> None:
             raise UserError(f"bench --batches takes integers like 16,256, got {args.batches!r}") from None
         if batches is not None and min(batches) < 1:
             raise UserError(f"bench --batches must be positive, got {args.batches!r}")
+        if args.sample_n is not None and args.sample_n < 1:
+            raise UserError(f"bench --sample-n must be >= 1, got {args.sample_n}")
         run_bench(quick=args.quick, device=args.device, out=args.out, models=models, compile_=args.compile,
                   command="python -m pixelexp " + " ".join(args.argv), batches=batches,
                   precisions=listed(args.precisions, {"fp32": "fp32", "bf16": "bf16"}, "--precisions"),
                   images=listed(args.images, {"gray28": "28x28 gray", "rgb32": "32x32 rgb"}, "--images"),
-                  sets=listed(args.settings, {"1": 1, "2": 2}, "--settings"))
+                  sets=listed(args.settings, {"1": 1, "2": 2}, "--settings"), sample_n=args.sample_n)
     elif args.command == "resume":
         from pixelexp.resume import resume_run
         resume_run(args.run_id, checkpoint_path=args.checkpoint, progress=not args.quiet)

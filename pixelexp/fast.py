@@ -52,10 +52,6 @@ def autocast(paths: FastPaths, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def is_recurrent(model: nn.Module) -> bool:
-    return any(hasattr(type(m), "cell") for m in model.modules())
-
-
 def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
     """-> the module to call in training: `net` (the model, or DDP of it) made channels-last
     and compiled as the paths ask. The model's parameters are shared, not copied."""
@@ -64,13 +60,16 @@ def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
         model.to(memory_format=torch.channels_last)
     if not paths.compile:
         return net
-    if is_recurrent(model):
-        cells = {type(m) for m in model.modules() if hasattr(type(m), "cell")}
-        for m in model.modules():
-            if type(m) in cells:
-                m.cell = _Fallback(torch.compile(type(m).cell, dynamic=False), type(m).cell, warn)
-        return net
-    return _Fallback(torch.compile(net), net, warn)
+    recurrent = [m for m in model.modules() if hasattr(type(m), "cell")]
+    if not recurrent:
+        return _Fallback(torch.compile(net), net, warn)
+    cells = {}  # one compiled cell per layer class, shared by its layers (and one warning)
+    for m in recurrent:
+        eager = type(m).cell
+        if type(m) not in cells:
+            cells[type(m)] = _Fallback(torch.compile(eager, dynamic=False), eager, warn)
+        m.cell = cells[type(m)]
+    return net
 
 
 class _Fallback:

@@ -91,7 +91,16 @@ def owner_alive(run_id: str) -> str | None:
 
 
 def tracking_wait() -> float:
-    return float(os.environ.get("PIXELEXP_TRACKING_WAIT", "300"))
+    """Seconds a finished run waits for the tracking store to take its records."""
+    text = os.environ.get("PIXELEXP_TRACKING_WAIT", "300")
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = -1.0
+    if not wait >= 0:
+        raise UserError(f"PIXELEXP_TRACKING_WAIT={text!r} is not a number of seconds >= 0; "
+                        f"unset it (default 300) or give e.g. 60")
+    return wait
 
 
 def tracking_uri() -> str:
@@ -144,6 +153,7 @@ class Tracker:
     """A connection to one MLflow store and one experiment in it."""
 
     def __init__(self, experiment: str, uri: str | None = None, create: bool = True):
+        tracking_wait()  # a bad PIXELEXP_TRACKING_WAIT stops us before any run exists
         self.uri = uri or tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
         mlflow.set_tracking_uri(self.uri)
@@ -274,7 +284,7 @@ class RunLog:
     def _emit(self, event: dict[str, Any]) -> None:
         event.setdefault("time", int(time.time() * 1000))
         if self._sender is None:
-            _send_one(self.client, self.run_id, event, None)
+            _send_many(self.client, self.run_id, [event], None)
         else:
             self._sender.put(event)
 
@@ -479,10 +489,8 @@ def _send_many(client: MlflowClient, run_id: str, events: list[dict[str, Any]], 
 
 
 def _send_one(client: MlflowClient, run_id: str, e: dict[str, Any], journal: Journal | None) -> None:
-    kind = e["kind"]
-    if kind == "metrics":
-        client.log_batch(run_id, metrics=[Metric(k, v, e["time"], e["step"]) for k, v in e["values"].items()])
-    elif kind == "params":
+    kind = e["kind"]  # (metrics go through _send_many, in batches)
+    if kind == "params":
         items = [Param(k, v) for k, v in e["values"].items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
             client.log_batch(run_id, params=items[i:i + 100])

@@ -430,7 +430,7 @@ def _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device) -> RunR
         trainer.restore(resume)
         model.to(device)
     if log is not None and resume is None:
-        log_reproducibility(log, cfg, data, n_params, device)
+        log_reproducibility(log, cfg, data, n_params, device, paths)
     if log is not None:
         from pixelexp.tracking import claim
         claim(log.run_id)
@@ -484,7 +484,8 @@ def _epochs(trainer: Trainer, cfg, data, log, label, echo, on_epoch, result, dev
         trainer.save(final=last)
 
 
-def log_reproducibility(log, cfg: Config, data: DataSplits, n_params: int, device) -> None:
+def log_reproducibility(log, cfg: Config, data: DataSplits, n_params: int, device,
+                        paths: fast.FastPaths) -> None:
     """Everything needed to run it again: the resolved config, data checksum, seed (params),
     code (git commit and diff), packages (pip freeze), machine."""
     import platform
@@ -496,7 +497,6 @@ def log_reproducibility(log, cfg: Config, data: DataSplits, n_params: int, devic
                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   "torch_version": str(torch.__version__), "pixelexp.model": cfg.model.name,
                   "python_version": platform.python_version(), "host": platform.node(), **git})
-    paths = fast.resolve(cfg.train.precision, cfg.train.compile, cfg.train.channels_last, device)
     log.set_tags({"pixelexp.fast_paths": paths.describe(), "pixelexp.impl": cfg.model.impl})
     text = _yaml(cfg)
     Path(log.folder).mkdir(parents=True, exist_ok=True)

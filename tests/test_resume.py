@@ -391,3 +391,11 @@ variants:
     assert c.get_run(first).info.end_time == runs["first"].info.end_time  # untouched
     rc, out = finish(launch(tmp_path, "experiment", str(exp), "--no-report", "--fresh"))
     assert rc == 0 and len(c.search_runs(["1"])) == 6  # --fresh: a new parent and children
+
+
+def test_a_bad_tracking_wait_is_a_one_line_error_before_any_run(tracking, monkeypatch, capsys):
+    monkeypatch.setenv("PIXELEXP_TRACKING_WAIT", "soon")
+    assert main(["train", "model.name=pixel_cnn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "PIXELEXP_TRACKING_WAIT='soon'" in err
+    assert not Path("mlflow.db").exists() or not MlflowClient(tracking).search_runs(["0"])

@@ -115,6 +115,12 @@ class AutoregressiveModel(nn.Module):
             return torch.bernoulli(torch.sigmoid(logits.float()), generator=generator).long()
         return torch.multinomial(logits.float().softmax(-1), 1, generator=generator).squeeze(-1)
 
+    def _draw_channel(self, logits: torch.Tensor, c: int, generator: torch.Generator | None) -> torch.Tensor:
+        """The head's output at one position, (n, C) or (n, C*L) -> a value of channel c, (n,)."""
+        if self.levels > 2:
+            logits = logits.view(len(logits), -1, self.levels)
+        return self._draw(logits[:, c], generator)
+
     @torch.no_grad()
     def naive_sample(self, n: int | None = None, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:

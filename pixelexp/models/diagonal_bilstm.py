@@ -106,10 +106,8 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
                             total = total + out
                         feats = total if self.use_skip else h
                         logits = self.head(feats[:, :, None, None])[:, :, 0, 0]  # (n, C) or (n, C*L)
-                        if self.levels > 2:
-                            logits = logits.view(n, C, self.levels)
                         if not known[i, j]:
-                            x[:, c, i, j] = self._draw(logits[:, c], generator)
+                            x[:, c, i, j] = self._draw_channel(logits, c, generator)
                     for layer, cache, (inp, state) in zip(self.layers, caches, states):
                         layer.commit(cache, j, inp, state)
                 for layer, cache in zip(self.layers, caches):

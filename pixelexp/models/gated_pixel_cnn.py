@@ -158,10 +158,8 @@ class GatedPixelCNN(AutoregressiveModel):
                 for j in range(W):
                     for c in range(C):
                         feats = self._h_at(hrows, links, emb, wh, pads, j)
-                        logits = self.head(feats[:, :, None, None])[:, :, 0, 0]
-                        if self.levels > 2:
-                            logits = logits.view(n, C, self.levels)
-                        x[:, c, i, j] = self._draw(logits[:, c], generator)
+                        logits = self.head(feats[:, :, None, None])[:, :, 0, 0]  # (n, C) or (n, C*L)
+                        x[:, c, i, j] = self._draw_channel(logits, c, generator)
                         hrows[0][:, c, j + pads[0]] = self.scale(x[:, c, i, j])
                 self._finish_row(x, i, vmaps, hrows, links, emb, wv, pads)
         finally:

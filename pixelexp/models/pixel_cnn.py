@@ -84,9 +84,7 @@ class PixelCNN(AutoregressiveModel):
                 for j in range(W):
                     for c in range(C):
                         logits = self._at(img, maps, w0, ws, i, j, k0)  # (n, C) or (n, C*L)
-                        if self.levels > 2:
-                            logits = logits.view(n, C, self.levels)
-                        x[:, c, i, j] = self._draw(logits[:, c], generator)
+                        x[:, c, i, j] = self._draw_channel(logits, c, generator)
                         img[:, c, i + k0, j + k0] = self.scale(x[:, c, i, j])
         finally:
             self.train(was_training)

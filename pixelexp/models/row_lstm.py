@@ -83,9 +83,7 @@ class RowLSTMPixelRNN(AutoregressiveModel):
                     for c in range(C):
                         feats, _ = self._row(x[:, :, top:i + 1], states)
                         logits = self.head(feats)[:, :, 0, j]  # (n, C) or (n, C*L)
-                        if self.levels > 2:
-                            logits = logits.view(n, C, self.levels)
-                        x[:, c, i, j] = self._draw(logits[:, c], generator)
+                        x[:, c, i, j] = self._draw_channel(logits, c, generator)
                 _, states = self._row(x[:, :, top:i + 1], states)  # the finished row's states
         finally:
             self.train(was_training)
