@@ -26,6 +26,7 @@ fp32 only (on a GPU batch 16 only). Results: reports/bench/<device>.json and .md
 from __future__ import annotations
 
 import json
+import math
 import platform
 import re
 import resource
@@ -94,7 +95,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
 
 def step_flops(model, x, paths, device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, fast.eager_only():
         with fast.autocast(paths, device):
             loss = -model.log_prob(x).float().mean()
         loss.backward()
@@ -111,22 +112,25 @@ def peak_memory_mb(device: torch.device) -> float:
 class Trainable:
     """One model on one path (fast or plain): a training step and an evaluation."""
 
-    def __init__(self, case: Case, hp: dict, device, plain: bool, compile_: str):
+    def __init__(self, case: Case, hp: dict, device, plain: bool, compile_: str, graphs: str = "auto"):
         shape, levels = IMAGES[case.image]
         torch.manual_seed(0)
         self.model = build_model(case.model, image_shape=shape, levels=levels, **hp).to(device)
         set_impl(self.model, "plain" if plain else "fast")
-        self.paths = fast.PLAIN if plain else fast.resolve(case.precision, compile_, "auto", device)
+        self.paths = fast.PLAIN if plain else fast.resolve(case.precision, compile_, "auto", device, graphs)
         self.net = fast.apply(self.model, self.model, self.paths)
+        self.grad_step = fast.GradStep(self.net, self.model, self.paths, device)
         self.opt = torch.optim.RMSprop(self.model.parameters(), lr=1e-4)
         self.x = torch.randint(0, levels, (case.batch, *shape), device=device)
         self.device = device
+        self.scale = 1 / (case.batch * math.prod(shape) * math.log(2))
 
     def train_step(self) -> None:
-        with fast.autocast(self.paths, self.device):
-            loss = -self.net(self.x).float().mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        """What the trainer does per batch: forward + backward (`fast.GradStep`), the
+        gradient norm and the batch's loss read back, the optimizer step."""
+        nats = self.grad_step(self.x, None, self.scale)
+        float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf")))
+        nats.sum().item()
         self.opt.step()
 
     @torch.no_grad()
@@ -165,17 +169,18 @@ def fast_sample_rate(model, n: int, device) -> float:
 
 
 def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_: str, echo,
-               sample: bool = True, sample_n: int | None = None) -> dict:
+               sample: bool = True, sample_n: int | None = None, graphs: str = "auto") -> dict:
     reps = 3 if quick else 5
     row: dict = {"model": case.model, "setting": case.setting, "image": case.image, "batch": case.batch,
                  "precision": case.precision}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    fast_t = Trainable(case, hp, device, plain=False, compile_=compile_)
-    row["fast_paths"] = fast_t.paths.describe()
+    fast_t = Trainable(case, hp, device, plain=False, compile_=compile_, graphs=graphs)
     row["parameters"] = sum(p.numel() for p in fast_t.model.parameters())
-    warm = 3 if fast_t.paths.compile else 1  # compiling happens in the first calls
+    warm = 3 if fast_t.paths.compile or fast_t.paths.graphs else 1  # compiling / capturing: first calls
     row["train_ips"] = case.batch / timed(fast_t.train_step, device, reps, warm)
+    row["fast_paths"] = fast_t.paths.describe() + (" (graph capture failed)" if fast_t.paths.graphs and
+                                                   fast_t.grad_step.graph is None else "")
     row["eval_ips"] = case.batch / timed(fast_t.eval_step, device, reps, warm)
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     flops = step_flops(fast_t.model, fast_t.x, fast_t.paths, device)
@@ -220,7 +225,7 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
               models: tuple[str, ...] = MODELS, compile_: str = "auto", command: str | None = None,
               batches: tuple[int, ...] | None = None, precisions: tuple[str, ...] | None = None,
               images: tuple[str, ...] | None = None, sets: tuple[int, ...] | None = None,
-              sample_n: int | None = None, echo=print) -> dict:
+              sample_n: int | None = None, graphs: str = "auto", sample: bool = True, echo=print) -> dict:
     """Each of batches/precisions/images/sets, when given, replaces the default list."""
     from pixelexp.train import pick_device
     dev = pick_device(device)
@@ -238,25 +243,30 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
     echo(f"bench on {device_name(dev)} ({dev}), torch {torch.__version__}; measured matmul peak "
          f"{peaks['fp32'] / 1e12:.2f} TFLOP/s fp32" + (f", {peaks['bf16'] / 1e12:.2f} bf16" if "bf16" in peaks else ""))
     rows = []
+    result = {"device": device_name(dev), "device_type": dev.type, "torch": str(torch.__version__),
+              "python": platform.python_version(), "command": command or " ".join(sys.argv),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "threads": torch.get_num_threads(),
+              "settings": hp, "peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "seconds": 0.0, "results": rows}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-") or dev.type
     for image in images:
         for s in sets:
             for name in models:
                 for b in batches:
                     for p in precisions:
                         rows.append(bench_case(Case(name, s, image, b, p), hp[s], dev, quick, peaks, compile_,
-                                               echo, sample=b == batches[0], sample_n=sample_n))
-    result = {"device": device_name(dev), "device_type": dev.type, "torch": str(torch.__version__),
-              "python": platform.python_version(), "command": command or " ".join(sys.argv),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "threads": torch.get_num_threads(),
-              "settings": hp, "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
-              "seconds": round(time.perf_counter() - t0, 1), "results": rows}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^a-z0-9]+", "-", result["device"].lower()).strip("-") or dev.type
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{stem}.md").write_text(markdown(result))
+                                               echo, sample=sample and b == batches[0], sample_n=sample_n,
+                                               graphs=graphs))
+                        result["seconds"] = round(time.perf_counter() - t0, 1)
+                        write(result, out / stem)  # after every case: a cut-short run keeps what it measured
     echo(f"bench: {len(rows)} cases in {result['seconds']:.0f} s -> {out / stem}.json, {out / stem}.md")
     return result
+
+
+def write(result: dict, stem: Path) -> None:
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text(markdown(result))
 
 
 def markdown(r: dict) -> str:

@@ -99,6 +99,8 @@ class TrainConfig:
                                     "warning)", choices=("auto", "on", "off"))
     channels_last: str = opt("auto", help="channels-last memory format (auto: on for CUDA)",
                              choices=("auto", "on", "off"))
+    cuda_graphs: str = opt("auto", help="replay forward and backward of full batches as a CUDA graph (auto: on "
+                                        "for CUDA without DDP; falls back with a warning)", choices=("auto", "on", "off"))
     nan_policy: str = opt("stop", help="on a non-finite loss or gradient: stop (run FAILED) or skip_batch",
                           choices=("stop", "skip_batch"))
 

@@ -3,11 +3,17 @@
     train.precision      auto | fp32 | bf16   auto: bf16 autocast on a CUDA device that has it, else fp32
     train.compile        auto | on | off      auto: on for CUDA, off on CPUs (compiling costs minutes there)
     train.channels_last  auto | on | off      auto: on for CUDA (faster convolutions)
+    train.cuda_graphs    auto | on | off      auto: on for CUDA in a single process: forward and
+                                              backward of a full batch replayed as one CUDA graph
+                                              (the recurrent models launch thousands of small
+                                              kernels per step; a graph launches them at once)
     model.impl           fast | plain         the recurrent layers' fused scan, or the plain loop
 
 Compilation covers the whole network for the convolutional models; for the recurrent
-ones it fuses the gate math of one step (the loops over rows / diagonals stay in
-Python, which keeps compile times short). Where compilation fails, training goes on
+ones it compiles the step functions of the scans (Row LSTM: `scan_step`, one row's
+state convolution and gate math; Diagonal BiLSTM: `kernels`, the forward and backward
+elementwise functions of its hand-written scan, one kernel each), and the loops over
+rows / diagonals stay in Python, which keeps compile times short. Where compilation fails, training goes on
 eager with a warning. The plain path (fp32, eager, contiguous, model.impl=plain) is the
 reference the fast one is tested and benchmarked against.
 """
@@ -27,29 +33,99 @@ class FastPaths:
     bf16: bool = False
     compile: bool = False
     channels_last: bool = False
+    graphs: bool = False
 
     def describe(self) -> str:
-        on = [n for n, v in (("bf16", self.bf16), ("compile", self.compile), ("channels_last", self.channels_last))
-              if v]
+        on = [n for n, v in (("bf16", self.bf16), ("compile", self.compile), ("channels_last", self.channels_last),
+                             ("cuda_graphs", self.graphs)) if v]
         return ", ".join(on) or "fp32 eager"
 
 
 PLAIN = FastPaths()
 
 
-def resolve(precision: str, compile: str, channels_last: str, device: torch.device) -> FastPaths:
+def resolve(precision: str, compile: str, channels_last: str, device: torch.device,
+            cuda_graphs: str = "off", distributed: bool = False) -> FastPaths:
     cuda = device.type == "cuda"
     bf16_ok = cuda and torch.cuda.is_bf16_supported()
     bf16 = precision == "bf16" or (precision == "auto" and bf16_ok)
+    # CUDA graphs need a CUDA device; with DDP its gradient hooks would have to be captured too.
+    graphs = cuda and not distributed and cuda_graphs in ("on", "auto")
     return FastPaths(bf16=bf16, compile=compile == "on" or (compile == "auto" and cuda),
-                     channels_last=channels_last == "on" or (channels_last == "auto" and cuda))
+                     channels_last=channels_last == "on" or (channels_last == "auto" and cuda), graphs=graphs)
 
 
-def autocast(paths: FastPaths, device: torch.device):
-    """Where the forward pass runs in bf16 (losses and softmaxes stay fp32: autocast's lists)."""
+def autocast(paths: FastPaths, device: torch.device, cache: bool = True):
+    """Where the forward pass runs in bf16 (losses and softmaxes stay fp32: autocast's lists).
+    Inside a CUDA graph capture the cast-weight cache must be off (cache=False)."""
     if not paths.bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
+class GradStep:
+    """Forward and backward of one training batch: (x, labels or None, scale) -> the
+    batch's nats per image (b,), with d(scale * sum of nats)/d(parameter) in each .grad.
+
+    With `paths.graphs`, batches of the first full shape run as a CUDA graph: captured
+    on first use (after three warm-up passes on a side stream, which also compile), then
+    replayed with the batch copied into its static input. The graph's gradient buffers
+    are bound to the parameters' .grad again on every replay, so zero_grad(set_to_none)
+    between steps is harmless. Other shapes (the last, smaller batch) run eagerly. If
+    capturing fails, a warning says so and every batch runs eagerly.
+    """
+
+    def __init__(self, net: nn.Module, model: nn.Module, paths: FastPaths, device: torch.device, warn=None):
+        self.net, self.model, self.paths, self.device = net, model, paths, device
+        self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
+        self.graph = None
+        self.key = None  # (x shape, labels?, scale) of the captured batch
+        self.failed = not paths.graphs
+
+    def eager(self, x: torch.Tensor, y: torch.Tensor | None, scale: float, cache: bool = True) -> torch.Tensor:
+        with autocast(self.paths, self.device, cache):
+            nats = -self.net(x, y).float().sum(dim=(1, 2, 3))  # (b,) nats per image
+        (nats.sum() * scale).backward()
+        return nats.detach()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None, scale: float) -> torch.Tensor:
+        key = (tuple(x.shape), y is not None, scale)
+        if not self.failed and self.graph is None:
+            self._capture(x, y, scale, key)
+        if self.graph is None or key != self.key:
+            self.model.zero_grad(set_to_none=True)
+            return self.eager(x, y, scale)
+        self.static_x.copy_(x)
+        if y is not None:
+            self.static_y.copy_(y)
+        self.graph.replay()
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        return self.static_nats
+
+    def _capture(self, x, y, scale, key) -> None:
+        try:
+            self.static_x = x.clone()
+            self.static_y = None if y is None else y.clone()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up: compile, autotune, fill the allocator
+                for _ in range(3):
+                    self.model.zero_grad(set_to_none=True)
+                    self.eager(self.static_x, self.static_y, scale, cache=False)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.model.zero_grad(set_to_none=True)  # the graph allocates the .grad it writes
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_nats = self.eager(self.static_x, self.static_y, scale, cache=False)
+            self.params = [p for p in self.model.parameters() if p.grad is not None]
+            self.grads = [p.grad for p in self.params]
+            self.graph, self.key = graph, key
+        except Exception as e:  # noqa: BLE001 - any capture failure: warn, train eagerly
+            self.failed, self.graph = True, None
+            self.model.zero_grad(set_to_none=True)
+            self.warn(f"warning: CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                      f"training continues without graphs (set train.cuda_graphs=off to skip the attempt)")
 
 
 def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
@@ -60,16 +136,35 @@ def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
         model.to(memory_format=torch.channels_last)
     if not paths.compile:
         return net
-    recurrent = [m for m in model.modules() if hasattr(type(m), "cell")]
+    recurrent = [m for m in model.modules() if hasattr(type(m), "scan_step") or hasattr(type(m), "kernels")]
     if not recurrent:
         return _Fallback(torch.compile(net), net, warn)
-    cells = {}  # one compiled cell per layer class, shared by its layers (and one warning)
+    compiled = {}  # one compiled function per eager one, shared by the layers (and one warning)
+
+    def compile_(fn):
+        if fn not in compiled:
+            compiled[fn] = _Fallback(torch.compile(fn, dynamic=False), fn, warn)
+        return compiled[fn]
     for m in recurrent:
-        eager = type(m).cell
-        if type(m) not in cells:
-            cells[type(m)] = _Fallback(torch.compile(eager, dynamic=False), eager, warn)
-        m.cell = cells[type(m)]
+        if hasattr(type(m), "scan_step"):  # Row LSTM: one row's step, autograd through it
+            m.scan_step = compile_(type(m).scan_step)
+        if hasattr(type(m), "kernels"):  # Diagonal BiLSTM: the scan's forward and backward cell functions
+            m.kernels = tuple(compile_(fn) for fn in type(m).kernels)
     return net
+
+
+_EAGER_ONLY = [False]
+
+
+@contextlib.contextmanager
+def eager_only():
+    """Within it, compiled functions run their eager versions (e.g. under a dispatch
+    mode such as FlopCounterMode, which compiled code would not see through)."""
+    _EAGER_ONLY[0] = True
+    try:
+        yield
+    finally:
+        _EAGER_ONLY[0] = False
 
 
 class _Fallback:
@@ -80,7 +175,7 @@ class _Fallback:
         self.compiled, self.eager, self.warn, self.failed = compiled, eager, warn, False
 
     def __call__(self, *args, **kwargs):
-        if not self.failed:
+        if not self.failed and not _EAGER_ONLY[0]:
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, keep training
@@ -93,4 +188,4 @@ class _Fallback:
         return getattr(self.__dict__["eager"], name)
 
 
-__all__ = ["FastPaths", "PLAIN", "resolve", "autocast", "apply"]
+__all__ = ["FastPaths", "PLAIN", "resolve", "autocast", "apply", "GradStep"]

@@ -184,6 +184,7 @@ class Trainer:
         self.optimizer, self.scheduler, self.device, self.ctx = optimizer, scheduler, device, ctx
         self.ckpt_dir, self.log, self.label, self.progress = ckpt_dir, log, label, progress
         self.paths = paths
+        self.grad_step = fast.GradStep(net, model, paths, device)  # forward + backward, maybe as a CUDA graph
         self.pos = Position()
         self.gen: torch.Generator | None = None  # the data generator of the epoch in progress
         self.last_checkpoint = time.monotonic()
@@ -268,12 +269,8 @@ class Trainer:
             idx = batch[ctx.rank::ctx.world]  # this rank's slice of the global batch
             x = data.train_batch(idx, g).to(self.device, non_blocking=True)
             y = data.train_labels[idx].to(self.device) if self.model.conditional else None
-            with fast.autocast(self.paths, self.device):
-                nats = -self.net(x, y).float().sum(dim=(1, 2, 3))  # (b,) nats per image
-            # Bits/dim of the global batch; DDP averages gradients over ranks, hence * world.
-            loss = nats.sum() * ctx.world / (len(batch) * dims * LN2)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Loss: bits/dim of the global batch; DDP averages gradients over ranks, hence * world.
+            nats = self.grad_step(x, y, ctx.world / (len(batch) * dims * LN2))  # (b,) nats per image
             clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             batch_nats = nats.detach().sum().item()
@@ -417,7 +414,8 @@ def _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device) -> RunR
     # With DDP only rank 0 has the run; the others learn whether to resume from it.
     folder = broadcast(str(folder) if folder else None, ctx)
     ckpt_dir = checkpoint.CheckpointDir(Path(folder) / "checkpoints", cfg.train.keep_checkpoints) if folder else None
-    paths = fast.resolve(cfg.train.precision, cfg.train.compile, cfg.train.channels_last, device)
+    paths = fast.resolve(cfg.train.precision, cfg.train.compile, cfg.train.channels_last, device,
+                         cfg.train.cuda_graphs, distributed=ctx.active)
     net = fast.apply(model, net, paths)
     trainer = Trainer(cfg, data, model, net, optimizer, scheduler, device, ctx, ckpt_dir, log, label, progress,
                       paths)

@@ -1,18 +1,60 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (for a session that is lent the device machine):
-#   ../shared/gpu/fetch-wheels.sh .whl          # here, once (MLflow, Optuna for the device)
-#   run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=590)
-# 1. the fast-vs-plain and fast-vs-naive equivalence tests, on CUDA too;
-# 2. the benchmark on the GPU (28x28 gray, settings 1 and 2, all batches, fp32 and bf16),
-#    written to $OUT/bench/ (copy it into reports/bench/ and quote it in the note).
+# The one prepared GPU check, for a session that is lent the GPU machine. Here, once:
+#   ../shared/gpu/fetch-wheels.sh .whl                      # MLflow, Optuna for the device
+#   mkdir -p .devdata && cp -r ../shared/data/mnist-10k .devdata/
+#   (both ignored: /.whl/ and /.devdata/ in .git/info/exclude)
+# then: run(command="bash scripts/device_check.sh", carry=[".whl", ".devdata"], timeout_s=590)
+#
+# Stages, most important first, each cut short by a shared deadline (BUDGET seconds) so
+# that a slow stage cannot cost the later ones everything; every bench stage writes its
+# JSON/Markdown after each case, so a stage cut short keeps what it measured.
+#   1. the CUDA equivalence tests (fast scan vs plain loop, gradcheck, cached samplers,
+#      CUDA graphs vs eager training);
+#   2. the targets: pixel_cnn and pixel_rnn, setting [1], 28x28, batch 256, fp32 and bf16,
+#      sampling 100 images (fast and naive); then bf16 vs fp32 test bits/dim of a short
+#      pixel_cnn training (scripts/bf16_check.py);
+#   3. which switch buys what for pixel_rnn at batch 256 (compile / CUDA graphs on and off);
+#   4. batches 16 and 1024; 5. row_lstm and gated_pixel_cnn; 6. setting [2], 32x32 RGB.
+# Copy $OUT/bench-* into reports/bench/ and quote them in the note.
 set -u
 OUT=${OUT:-/tmp/out}
+BUDGET=${BUDGET:-520}
+START=$(date +%s)
 mkdir -p "$OUT"
+left() {  # seconds for the next stage: at most $1, never past the deadline
+  local rest=$((BUDGET - ($(date +%s) - START)))
+  if [ "$rest" -lt "$1" ]; then echo $((rest > 5 ? rest : 5)); else echo "$1"; fi
+}
+stage() {  # stage NAME MAX_SECONDS COMMAND...
+  local name=$1 max=$2; shift 2
+  local t=$(left "$max")
+  echo "== $name (up to ${t}s, $(( $(date +%s) - START ))s in)" | tee -a "$OUT/log.txt"
+  timeout "$t" "$@" > "$OUT/$name.txt" 2>&1
+  echo "   rc=$? after $(( $(date +%s) - START ))s" | tee -a "$OUT/log.txt"
+  tail -n 25 "$OUT/$name.txt"
+}
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -3
 fi
 export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+[ -d .devdata/mnist-10k ] && export PIXELEXP_MNIST10K=$PWD/.devdata/mnist-10k
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_fast_paths.py -k "cuda" 2>&1 | tail -15 | tee "$OUT/tests.txt"
-timeout 400 python3 -m pixelexp bench --device cuda --images gray28 --out "$OUT/bench" 2>&1 | tail -60 | tee "$OUT/bench.txt"
+B="python3 -m pixelexp bench --device cuda --images gray28 --settings 1"
+
+stage tests 110 python3 -m pytest -q -p no:cacheprovider tests/test_fast_paths.py -k "cuda"
+stage bench-targets 200 $B --models pixel_cnn,pixel_rnn --batches 256 --precisions fp32,bf16 --sample-n 100 \
+  --out "$OUT/bench-targets"
+stage bf16 70 python3 scripts/bf16_check.py "${PIXELEXP_MNIST10K:-../shared/data/mnist-10k}" pixel_cnn train.compile=off
+for combo in "off off" "on off" "off on"; do
+  set -- $combo
+  stage "ablate-compile-$1-graphs-$2" 45 $B --models pixel_rnn --batches 256 --precisions fp32 --no-sample \
+    --compile "$1" --graphs "$2" --out "$OUT/ablate-compile-$1-graphs-$2"
+done
+stage bench-batches 100 $B --models pixel_cnn,pixel_rnn --batches 16,1024 --precisions fp32,bf16 --no-sample \
+  --out "$OUT/bench-batches"
+stage bench-others 100 $B --models row_lstm,gated_pixel_cnn --batches 256 --precisions fp32,bf16 --sample-n 100 \
+  --out "$OUT/bench-others"
+stage bench-rgb 60 python3 -m pixelexp bench --device cuda --images rgb32 --settings 2 --models pixel_cnn,pixel_rnn \
+  --batches 256 --precisions bf16 --no-sample --out "$OUT/bench-rgb"
+echo "done in $(( $(date +%s) - START ))s" | tee -a "$OUT/log.txt"

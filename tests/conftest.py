@@ -1,10 +1,12 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_10K = REPO.parent / "shared" / "data" / "mnist-10k"
+# ../shared/data/mnist-10k beside the checkout; elsewhere (the GPU machine) PIXELEXP_MNIST10K.
+MNIST_10K = Path(os.environ.get("PIXELEXP_MNIST10K") or REPO.parent / "shared" / "data" / "mnist-10k")
 
 torch.set_num_threads(2)
 

@@ -52,6 +52,41 @@ def test_fast_scan_matches_the_plain_loop(name, shape, levels, extra, device):
     assert any(g.abs().sum() > 0 for g in g_plain.values())
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_hand_written_scan_backward_is_the_derivative(device):
+    """gradcheck in float64: the scan's backward against finite differences, for the
+    input gates and the state weights, with a state table read unevenly."""
+    from pixelexp.nn.scan import diagonal_scan
+    torch.manual_seed(0)
+    B, H, W, hd = 2, 3, 4, 3
+    P = W + H - 1
+    x_gates = torch.randn(2, P, B * H, 4 * hd, dtype=torch.float64, device=device, requires_grad=True)
+    w_state = (0.5 * torch.randn(2, 2 * hd, 4 * hd, dtype=torch.float64, device=device)).requires_grad_()
+    weights = torch.randn(2 * P * B * H + 1, hd, dtype=torch.float64, device=device)
+    assert torch.autograd.gradcheck(lambda g, w: (diagonal_scan(g, w, H) * weights).sum(), (x_gates, w_state))
+
+
+def test_the_skew_gathers_are_the_skew_and_unskew():
+    """diagonal_indices reads what nn.shifts.skew / unskew move, both directions."""
+    from pixelexp.nn.scan import diagonal_indices
+    from pixelexp.nn.shifts import skew, unskew
+    B, H, W = 2, 5, 3
+    P, N = W + H - 1, B * H * W
+    idx = diagonal_indices(B, H, W, torch.device("cpu"))
+    pixel_ids = torch.arange(1, N + 1, dtype=torch.float64).view(B, 1, H, W)  # 0 marks "off the image"
+    table = torch.cat([torch.stack([pixel_ids.flatten()] * 2, 1).flatten(), torch.zeros(2)])  # rows (pixel, dir)
+    got = table[idx.gates].view(2, P, B, H)
+    for d, img in enumerate([pixel_ids, pixel_ids.flip(-1)]):
+        assert torch.equal(got[d], skew(img)[:, 0].permute(2, 0, 1)), d
+    states = torch.randn(2, P, B, H)
+    flat = torch.cat([states.flatten(), torch.zeros(1)])
+    y = flat[idx.states].view(B, H, W, 2)
+    fw = unskew(states[0].permute(1, 2, 0)[:, None], W)[:, 0]  # (B, H, W)
+    bw = unskew(states[1].permute(1, 2, 0)[:, None], W)[:, 0].flip(-1)
+    assert torch.equal(y[..., 0], fw)
+    assert torch.equal(y[:, 1:, :, 1], bw[:, :-1]) and not y[:, 0, :, 1].any()  # shifted down a row
+
+
 def test_the_plain_loop_is_a_different_computation():
     """The check can fail: the plain loop without the down-shift of the right-to-left
     direction (the TensorFlow reference's leak) gives other log-probabilities."""
@@ -145,6 +180,25 @@ def test_compiled_training_matches_eager(mnist10k, name, capsys):
         assert compiled[k] == pytest.approx(eager[k], rel=1e-5), k
     assert "compile" in warnings[0]  # the run says which fast paths it took
     assert "torch.compile failed" not in capsys.readouterr().err  # compiled, not fallen back
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("name", ["pixel_cnn", "diagonal_bilstm"])
+def test_cuda_graph_training_matches_eager(mnist10k, name, capsys):
+    """Replaying forward + backward as a CUDA graph trains the same model as eager steps
+    (fp32, no compile; 130 images in batches of 20: the last batch of 10 runs eagerly)."""
+    from pixelexp.train import run
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    args = [f"model.name={name}", "data.train_limit=130", "data.val_size=20", "data.test_limit=40",
+            "train.batch_size=20", "train.epochs=2", "train.device=cuda", "train.precision=fp32",
+            "train.compile=off", "train.channels_last=off", "train.deterministic=false"]
+    eager = run(quick_cfg(mnist10k, *args, "train.cuda_graphs=off"), None, progress=False).metrics
+    said = []
+    graphs = run(quick_cfg(mnist10k, *args, "train.cuda_graphs=on"), None, progress=False, echo=said.append).metrics
+    assert "cuda_graphs" in said[0]
+    assert "capture failed" not in capsys.readouterr().err
+    for k in ("train_bpd", "val_bpd", "test_bpd"):
+        assert graphs[k] == pytest.approx(eager[k], rel=1e-4), k
 
 
 def test_a_failing_compile_falls_back_to_eager_with_a_warning(mnist10k, monkeypatch, capsys):

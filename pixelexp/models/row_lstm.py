@@ -54,7 +54,7 @@ class RowLSTMPixelRNN(AutoregressiveModel):
         new_states, total = [], 0
         for layer, (h_prev, c_prev) in zip(self.layers, states):
             g_in = layer.input_to_state(h)[:, :, 0].transpose(1, 2)  # (n, W, 4h)
-            h_row, c_row = layer.row_step(g_in, h_prev, c_prev)
+            h_row, c_row = layer.row_step(g_in, h_prev, c_prev, layer.state_to_state.weight)
             h = layer.finish(h, h_row.transpose(1, 2)[:, :, None])  # (n, 2h, 1, W)
             new_states.append((h_row, c_row))
             total = total + h

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.plain import diagonal_bilstm_plain
+from pixelexp.nn.scan import EAGER, diagonal_indices, diagonal_scan
 from pixelexp.nn.shifts import down_shift, skew, unskew
 
 
@@ -78,7 +79,7 @@ class DiagonalBiLSTM(nn.Module):
         nn.init.uniform_(self.cond_to_state, -(cond_channels or 1) ** -0.5, (cond_channels or 1) ** -0.5)
 
     impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
-    cell = staticmethod(lstm_cell)  # the gate math of one step (fast.py may compile it into one kernel)
+    kernels = EAGER  # the scan's elementwise step functions (fast.py may compile them)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.impl == "plain":
@@ -89,51 +90,30 @@ class DiagonalBiLSTM(nn.Module):
 
     def _forward(self, x_in: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x_in.shape
-        ch = x.shape[1]
-        hd, P = self.hidden, W + H - 1
-        # Skew the input (2h features) rather than the gates (8h): a quarter of the data to move.
-        # A channel of ones rides along, so the skew marks the real pixels: the gate biases
-        # are its weights and the padding gets none (its gates, and so its states, stay zero).
-        ones = x.new_ones(B, 1, H, W)
-        x1 = torch.cat([x_in, ones], dim=1)  # (B, k, H, W): input [, conditioning], ones
-        k = x1.shape[1]
-        both = torch.stack([x1, x1.flip(-1)])  # (2, B, k, H, W): right-to-left = mirrored image
-        seq = skew(both.flatten(0, 1)).view(2, B, k, H, P)
-        seq = seq.permute(0, 4, 1, 3, 2).reshape(2, P, B * H, k)  # time-major: a slab per diagonal
-        # The 1x1 input-to-state convolution (and its bias) as a matmul per direction, done
-        # inside the scan: the (2, P, B*H, 4h) gate tensor is never built in memory.
+        hd, N = self.hidden, B * H * W
+        # Input-to-state (1x1 mask B conv, [conditioning,] bias) on the unskewed image: one
+        # matmul over the N pixels plus a zero row, which the skew's padding reads (no bias
+        # there, so the padding's states stay exactly zero).
+        pixels = x_in.permute(0, 2, 3, 1).reshape(N, -1)  # (N, k); free for channels-last maps
+        pixels = F.pad(torch.cat([pixels, pixels.new_ones(N, 1)], dim=1), (0, 0, 0, 1))  # (N+1, k+1)
         conv = self.input_to_state
-        w_x = (conv.weight * conv.mask)[:, :, 0, 0]  # (8h, ch)
-        w_cond = self.cond_to_state[:, : k - 1 - ch]  # (8h, cond channels given)
-        w = torch.cat([w_x, w_cond, conv.bias[:, None]], dim=1)  # (8h, k)
-        states = self.scan(seq, w.view(2, 4 * hd, k).transpose(1, 2), B, H)  # (2, P, B, H, h)
-        states = states.permute(0, 2, 4, 3, 1).reshape(2 * B, hd, H, P)
-        h_fw, h_bw = unskew(states, W).view(2, B, hd, H, W)  # (B, h, H, W) each
-        y = h_fw + down_shift(h_bw.flip(-1))  # right-to-left shifted down: no leak
-        out = self.output(y)
-        return x + out if self.use_residual else out
-
-    def scan(self, seq: torch.Tensor, w_in: torch.Tensor, B: int, H: int) -> torch.Tensor:
-        """LSTM over the diagonals, both directions at once.
-
-        seq: (2, P, B*H, ch+1) skewed inputs, w_in: (2, ch+1, 4h) -> states (2, P, B, H, h).
-        """
-        hd = self.hidden
-        h = c = None
-        outs = []
+        w = torch.cat([(conv.weight * conv.mask)[:, :, 0, 0], self.cond_to_state[:, : x_in.shape[1] - x.shape[1]],
+                       conv.bias[:, None]], dim=1)  # (8h, k+1)
+        gates = (pixels @ w.T).view(2 * (N + 1), 4 * hd)  # rows (pixel, direction)
+        idx = diagonal_indices(B, H, W, x.device)
+        # Skew by gathering: (direction, diagonal t, batch, row r) <- pixel (r, t-r) (mirrored
+        # for right-to-left), or the zero row off the image.
+        x_gates = gates.index_select(0, idx.gates).view(2, -1, B * H, 4 * hd)  # (2, P, B*H, 4h)
         w_above, w_left = self.state_to_state.split(hd, dim=1)  # (2, h, 4h) each
-        w_state = torch.cat([w_left, w_above], dim=2)  # (2, h, 8h): both in one product
-        for x_t in seq.unbind(1):  # P steps, one per diagonal (unbind: cheap backward)
-            g = torch.bmm(x_t, w_in)  # (2, B*H, 4h): input-to-state
-            if h is None:  # the first diagonal: no state yet
-                c = torch.zeros_like(g[..., :hd])
-            else:
-                left, above = torch.bmm(h, w_state).view(2, B, H, 8 * hd).split(4 * hd, dim=-1)
-                # Row r hears the state above it (row r-1 of the previous column): shift down one row.
-                g = (g.view(2, B, H, 4 * hd) + left + F.pad(above[:, :, :-1], (0, 0, 1, 0))).view(2, B * H, 4 * hd)
-            h, c = self.cell(g, c)
-            outs.append(h.view(2, B, H, hd))
-        return torch.stack(outs, dim=1)
+        w_state = torch.cat([w_left, w_above], dim=1)  # (2, 2h, 4h): one state product per diagonal
+        table = diagonal_scan(x_gates, w_state, H, self.kernels)  # (2*P*B*H + 1, h), last row zeros
+        # Unskew by gathering: pixel (r, j) <- left-to-right state at (r, j) plus the right-to-left
+        # state at (r-1, j), shifted down one row so row r only hears rows < r (zero for r = 0).
+        y = table.index_select(0, idx.states).view(N, 2, hd).sum(1)  # (N, h)
+        out = self.output
+        out = F.linear(y, (out.weight * out.mask)[:, :, 0, 0], out.bias)  # the 1x1 mask B output conv
+        out = out.view(B, H, W, -1).permute(0, 3, 1, 2)  # (B, channels, H, W), channels-last strides
+        return x + out if self.use_residual else out
 
     # ------------------------------------------------------------ pixel by pixel, for sampling
     # The same layer computed in generation order: position (i, j) of the left-to-right

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pixelexp.nn.lstm import lstm_cell
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
@@ -49,7 +50,6 @@ class RowLSTM(nn.Module):
             self.input_to_state.bias.view(4, hidden)[1].fill_(1.0)
 
     impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
-    cell = staticmethod(lstm_cell)  # the gate math of one row (fast.py may compile it into one kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "plain":
@@ -58,16 +58,22 @@ class RowLSTM(nn.Module):
         gates = self.input_to_state(x).permute(2, 0, 3, 1)  # (H, B, W, 4h): a slab per row
         h = c = x.new_zeros(B, W, self.hidden)
         rows = []
+        w_state = self.state_to_state.weight  # (4h, h, k)
         for g_in in gates.unbind(0):  # H steps
-            h, c = self.row_step(g_in, h, c)
+            h, c = self.scan_step(g_in, h, c, w_state)
             rows.append(h)
         states = torch.stack(rows, dim=2).permute(0, 3, 2, 1)  # (B, h, H, W)
         return self.finish(x, states)
 
-    def row_step(self, g_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        """One row: input gates (B, W, 4h), previous row's h and c (B, W, h) -> new h, c."""
-        g = g_in + self.state_to_state(h.transpose(1, 2)).transpose(1, 2)  # (B, W, 4h)
-        return self.cell(g, c)
+    @staticmethod
+    def row_step(g_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_state: torch.Tensor):
+        """One row: input gates (B, W, 4h), previous row's h and c (B, W, h) and the
+        state-to-state kernel (4h, h, k) -> new h, c. (fast.py may compile it.)"""
+        pad = w_state.shape[-1] // 2
+        g = g_in + F.conv1d(h.transpose(1, 2), w_state, padding=pad).transpose(1, 2)  # (B, W, 4h)
+        return lstm_cell(g, c)
+
+    scan_step = row_step  # the attribute fast.py compiles, per layer class
 
     def finish(self, x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         out = self.output(states)
