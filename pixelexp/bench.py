@@ -41,6 +41,7 @@ import torch
 from pixelexp import fast
 from pixelexp.config import load_experiment, yaml_path
 from pixelexp.models import build_model, set_impl
+from pixelexp.models.base import Draws
 
 MODELS = ("pixel_cnn", "pixel_rnn", "row_lstm", "gated_pixel_cnn")
 IMAGES = {"28x28 gray": ((1, 28, 28), 2), "32x32 rgb": ((3, 32, 32), 256)}
@@ -145,7 +146,7 @@ def naive_sample_rate(model, n: int, device, rows: int | None) -> float:
     order = model.generation_order()
     steps = len(order) if rows is None else min(len(order), rows * W * C)
     x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-    g = torch.Generator(device=device).manual_seed(0)
+    draws = Draws.of(torch.Generator(device=device).manual_seed(0), len(order), n, device)
     model.eval()
     with torch.no_grad():
         model.logits(x)  # warm-up
@@ -153,19 +154,24 @@ def naive_sample_rate(model, n: int, device, rows: int | None) -> float:
         t = time.perf_counter()
         for c, i, j in order[:steps]:
             logits = model.logits(x)
-            x[:, c, i, j] = model._draw(logits[:, c, ..., i, j], g)
+            x[:, c, i, j] = model._draw(logits[:, c, ..., i, j], draws)
         sync(device)
     seconds = (time.perf_counter() - t) * len(order) / steps
     return n / seconds
 
 
-def fast_sample_rate(model, n: int, device) -> float:
-    g = torch.Generator(device=device).manual_seed(0)
-    sync(device)
-    t = time.perf_counter()
-    model.sample(n, generator=g, device=device)
-    sync(device)
-    return n / (time.perf_counter() - t)
+def fast_sample_rate(model, n: int, device, graphs: bool) -> tuple[float, float]:
+    """(images/s of the fast sampler after one warm-up call, seconds of that first call).
+    With `graphs` it is the CUDA-graph replay (`fast.sample`); the first call captures."""
+    def run():
+        g = torch.Generator(device=device).manual_seed(0)
+        sync(device)
+        t = time.perf_counter()
+        fast.sample(model, n, generator=g, device=device, graphs=graphs)
+        sync(device)
+        return time.perf_counter() - t
+    first = run()
+    return n / min(run(), run()) if device.type == "cuda" else n / run(), first
 
 
 def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_: str, echo,
@@ -197,7 +203,7 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
         model = fast_t.model
         model.eval()
         row["sample_n"] = n
-        row["sample_ips"] = fast_sample_rate(model, n, device)
+        row["sample_ips"], row["sample_first_call_s"] = fast_sample_rate(model, n, device, fast_t.paths.graphs)
         rows = None if device.type == "cuda" and not quick else 1
         row["naive_sample_ips"] = naive_sample_rate(model, n, device, rows)
         row["naive_sample_scaled_from_rows"] = rows or "all"

@@ -153,6 +153,71 @@ def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
     return net
 
 
+class _SamplerGraph:
+    def __init__(self):
+        self.graph = self.u = self.labels = self.out = None
+
+
+@torch.no_grad()
+def sample(model: nn.Module, n: int | None = None, generator: torch.Generator | None = None,
+           device: torch.device | str | None = None, labels: torch.Tensor | None = None,
+           graphs: bool = True, warn=None) -> torch.Tensor:
+    """model.sample(...) -- on a CUDA device (with `graphs`) replayed as a CUDA graph.
+
+    A cached sampler launches tens of small kernels per subpixel; the launches, not the
+    arithmetic, set its speed on a GPU. As its randomness is one tensor of uniform
+    numbers drawn up front (`models.base.Draws`), the whole run can be captured once
+    per (n, conditional) and replayed with fresh numbers: the images are those the
+    eager sampler draws from the same generator. The first call (a warm-up run and the
+    capture) costs about two eager runs; later ones (each epoch's sample grid) only a
+    replay. If capturing fails, a warning says so and sampling stays eager.
+    """
+    from pixelexp.models.base import Draws
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if labels is not None:
+        labels = labels.to(device).long()
+        n = len(labels) if n is None else n
+    if not graphs or device.type != "cuda":
+        return model.sample(n, generator=generator, device=device, labels=labels)
+    u = torch.rand(model.sample_draws(), n, generator=generator, device=device)  # what Draws.of draws
+    graphs_of = model.__dict__.setdefault("_sampler_graphs", {})
+    key = (n, labels is not None)
+    entry = graphs_of.get(key)
+    if entry is None:
+        entry = graphs_of[key] = _capture_sampler(model, u, labels, device, warn)
+    if entry.graph is None:
+        return model.sample(n, generator=Draws(u), device=device, labels=labels)
+    entry.u.copy_(u)
+    if labels is not None:
+        entry.labels.copy_(labels)
+    entry.graph.replay()
+    return entry.out.clone()
+
+
+def _capture_sampler(model, u, labels, device, warn) -> _SamplerGraph:
+    from pixelexp.models.base import Draws
+    entry = _SamplerGraph()
+    n = u.shape[1]
+    try:
+        entry.u = u.clone()
+        entry.labels = None if labels is None else labels.clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: lazy initializations happen outside the capture
+            model.sample(n, generator=Draws(entry.u), device=device, labels=entry.labels)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            entry.out = model.sample(n, generator=Draws(entry.u), device=device, labels=entry.labels)
+        entry.graph = graph
+    except Exception as e:  # noqa: BLE001 - any capture failure: warn, sample eagerly
+        entry.graph = None
+        (warn or (lambda msg: print(msg, file=sys.stderr)))(
+            f"warning: CUDA graph capture of {type(model).__name__}.sample failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}); sampling stays eager")
+    return entry
+
+
 _EAGER_ONLY = [False]
 
 
@@ -188,4 +253,4 @@ class _Fallback:
         return getattr(self.__dict__["eager"], name)
 
 
-__all__ = ["FastPaths", "PLAIN", "resolve", "autocast", "apply", "GradStep"]
+__all__ = ["FastPaths", "PLAIN", "resolve", "autocast", "apply", "GradStep", "sample"]

@@ -339,12 +339,13 @@ class Trainer:
 
 
 def draw_samples(model: AutoregressiveModel, n: int, seed: int, device,
-                 num_classes: int | None = None) -> torch.Tensor:
+                 num_classes: int | None = None, graphs: bool = False) -> torch.Tensor:
     """n samples with a fixed seed, so grids of different epochs share their noise.
-    A conditional model draws the classes in turn (0, 1, ..., 0, 1, ...)."""
+    A conditional model draws the classes in turn (0, 1, ..., 0, 1, ...). With `graphs`
+    (train.cuda_graphs on a CUDA device) the sampler is replayed as a CUDA graph."""
     g = torch.Generator(device=device).manual_seed(seed)
     labels = torch.arange(n, device=device) % (num_classes or 10) if model.conditional else None
-    return model.sample(n, generator=g, device=device, labels=labels)
+    return fast.sample(model, n, generator=g, device=device, labels=labels, graphs=graphs)
 
 
 def save_checkpoint(path: Path, model, optimizer, cfg: Config, data: DataSplits, epoch: int,
@@ -473,7 +474,7 @@ def _epochs(trainer: Trainer, cfg, data, log, label, echo, on_epoch, result, dev
         if ctx.main and cfg.track.sample_count and (last or (every and epoch % every == 0)):
             t0 = time.perf_counter()
             result.samples = draw_samples(trainer.model, cfg.track.sample_count, cfg.train.seed, device,
-                                          data.num_classes)
+                                          data.num_classes, graphs=trainer.paths.graphs)
             if log is not None:
                 log.log_image(to_grid(result.samples, data.levels), key="samples", step=epoch)
             echo(f"[{label}] {cfg.track.sample_count} samples in {time.perf_counter() - t0:.1f} s")

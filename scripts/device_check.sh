@@ -9,16 +9,17 @@
 # that a slow stage cannot cost the later ones everything; every bench stage writes its
 # JSON/Markdown after each case, so a stage cut short keeps what it measured.
 #   1. the CUDA equivalence tests (fast scan vs plain loop, gradcheck, cached samplers,
-#      CUDA graphs vs eager training);
+#      CUDA graphs vs eager training, graph-replayed samplers vs eager);
 #   2. the targets: pixel_cnn and pixel_rnn, setting [1], 28x28, batch 256, fp32 and bf16,
-#      sampling 100 images (fast and naive); then bf16 vs fp32 test bits/dim of a short
-#      pixel_cnn training (scripts/bf16_check.py);
-#   3. which switch buys what for pixel_rnn at batch 256 (compile / CUDA graphs on and off);
-#   4. batches 16 and 1024; 5. row_lstm and gated_pixel_cnn; 6. setting [2], 32x32 RGB.
+#      sampling 100 images (fast and naive);
+#   3. batches 16 and 1024; 4. row_lstm and gated_pixel_cnn; 5. setting [2], 32x32 RGB;
+#   6. bf16 vs fp32 test bits/dim of a short pixel_cnn training (scripts/bf16_check.py);
+#   7. which switch buys what for pixel_rnn at batch 256 (compile / CUDA graphs).
+# All of $OUT also lands in $OUT/device-check.tgz.
 # Copy $OUT/bench-* into reports/bench/ and quote them in the note.
 set -u
 OUT=${OUT:-/tmp/out}
-BUDGET=${BUDGET:-520}
+BUDGET=${BUDGET:-400}
 START=$(date +%s)
 mkdir -p "$OUT"
 left() {  # seconds for the next stage: at most $1, never past the deadline
@@ -42,19 +43,21 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 B="python3 -m pixelexp bench --device cuda --images gray28 --settings 1"
 
-stage tests 110 python3 -m pytest -q -p no:cacheprovider tests/test_fast_paths.py -k "cuda"
-stage bench-targets 200 $B --models pixel_cnn,pixel_rnn --batches 256 --precisions fp32,bf16 --sample-n 100 \
+stage tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_fast_paths.py -k "cuda"
+stage bench-targets 170 $B --models pixel_cnn,pixel_rnn --batches 256 --precisions fp32,bf16 --sample-n 100 \
   --out "$OUT/bench-targets"
-stage bf16 70 python3 scripts/bf16_check.py "${PIXELEXP_MNIST10K:-../shared/data/mnist-10k}" pixel_cnn train.compile=off
-for combo in "off off" "on off" "off on"; do
+stage bench-batches 70 $B --models pixel_rnn,pixel_cnn --batches 16,1024 --precisions fp32,bf16 --no-sample \
+  --out "$OUT/bench-batches"
+stage bench-others 80 $B --models row_lstm,gated_pixel_cnn --batches 256 --precisions fp32,bf16 --sample-n 100 \
+  --out "$OUT/bench-others"
+stage bench-rgb 50 python3 -m pixelexp bench --device cuda --images rgb32 --settings 2 --models pixel_rnn,pixel_cnn \
+  --batches 256 --precisions bf16 --no-sample --out "$OUT/bench-rgb"
+stage bf16 60 python3 scripts/bf16_check.py "${PIXELEXP_MNIST10K:-../shared/data/mnist-10k}" pixel_cnn train.compile=off
+for combo in "on off" "off on"; do
   set -- $combo
-  stage "ablate-compile-$1-graphs-$2" 45 $B --models pixel_rnn --batches 256 --precisions fp32 --no-sample \
+  stage "ablate-compile-$1-graphs-$2" 40 $B --models pixel_rnn --batches 256 --precisions fp32 --no-sample \
     --compile "$1" --graphs "$2" --out "$OUT/ablate-compile-$1-graphs-$2"
 done
-stage bench-batches 100 $B --models pixel_cnn,pixel_rnn --batches 16,1024 --precisions fp32,bf16 --no-sample \
-  --out "$OUT/bench-batches"
-stage bench-others 100 $B --models row_lstm,gated_pixel_cnn --batches 256 --precisions fp32,bf16 --sample-n 100 \
-  --out "$OUT/bench-others"
-stage bench-rgb 60 python3 -m pixelexp bench --device cuda --images rgb32 --settings 2 --models pixel_cnn,pixel_rnn \
-  --batches 256 --precisions bf16 --no-sample --out "$OUT/bench-rgb"
 echo "done in $(( $(date +%s) - START ))s" | tee -a "$OUT/log.txt"
+# Everything in one archive (the device tool brings back only a few files).
+tar czf /tmp/device-check.tgz -C "$OUT" . && mv /tmp/device-check.tgz "$OUT/"

@@ -11,7 +11,8 @@ import itertools
 import pytest
 import torch
 
-from pixelexp.models import ALIASES, MODELS, build_model
+from pixelexp.models import ALIASES, MODELS, build_model, set_impl
+from pixelexp.models.base import Draws
 
 NAMES = [n for n in MODELS if n not in ALIASES]  # each architecture once
 
@@ -92,8 +93,14 @@ def test_causality_check_catches_the_reference_bilstm_leak(monkeypatch):
     """Without the down-shift of the right-to-left direction (the TensorFlow
     reference's bug), the Diagonal BiLSTM sees the future."""
     import pixelexp.nn.lstm as lstm
-    monkeypatch.setattr(lstm, "down_shift", lambda x: x)
+    import pixelexp.nn.plain as plain
     model = make("pixel_rnn", (1, 4, 4), 2)
+    assert causality_violation(model, (1, 4, 4), 2) is None
+    monkeypatch.setattr(lstm.DiagonalBiLSTM, "row_shift", 0)  # the fast layer, unshifted
+    assert "leak" in causality_violation(model, (1, 4, 4), 2)
+    monkeypatch.undo()
+    monkeypatch.setattr(plain, "down_shift", lambda x: x)  # the plain loop, unshifted
+    set_impl(model, "plain")
     assert "leak" in causality_violation(model, (1, 4, 4), 2)
 
 
@@ -225,9 +232,10 @@ def naive_sample_in_order(model, n, generator):
     """Reference sampler: recompute all logits for every subpixel, in generation order."""
     C, H, W = model.image_shape
     x = torch.zeros(n, C, H, W, dtype=torch.long)
+    draws = Draws.of(generator, model.sample_draws(), n, "cpu")
     with torch.no_grad():
         for c, i, j in model.generation_order():
-            x[:, c, i, j] = model._draw(model.logits(x)[:, c, ..., i, j], generator)
+            x[:, c, i, j] = model._draw(model.logits(x)[:, c, ..., i, j], draws)
     return x
 
 

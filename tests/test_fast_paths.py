@@ -86,6 +86,16 @@ def test_the_skew_gathers_are_the_skew_and_unskew():
     assert torch.equal(y[..., 0], fw)
     assert torch.equal(y[:, 1:, :, 1], bw[:, :-1]) and not y[:, 0, :, 1].any()  # shifted down a row
 
+    # Their backward is a gather as well: the same gradients as index_select's (which adds,
+    # with atomics on a GPU), except in the constant zero rows, which get none.
+    from pixelexp.nn.scan import gather_rows
+    for idx_, inv, zero_rows in ((idx.gates, idx.gates_inv, 2), (idx.states, idx.states_inv, 1)):
+        src = torch.randn(len(inv), 3, dtype=torch.float64, requires_grad=True)
+        up = torch.randn(len(idx_), 3, dtype=torch.float64)
+        (g_ours,) = torch.autograd.grad((gather_rows(src, idx_, inv) * up).sum(), src)
+        (g_ref,) = torch.autograd.grad((src.index_select(0, idx_) * up).sum(), src)
+        assert torch.equal(g_ours[:-zero_rows], g_ref[:-zero_rows]) and not g_ours[-zero_rows:].any()
+
 
 def test_the_plain_loop_is_a_different_computation():
     """The check can fail: the plain loop without the down-shift of the right-to-left
@@ -199,6 +209,29 @@ def test_cuda_graph_training_matches_eager(mnist10k, name, capsys):
     assert "capture failed" not in capsys.readouterr().err
     for k in ("train_bpd", "val_bpd", "test_bpd"):
         assert graphs[k] == pytest.approx(eager[k], rel=1e-4), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("name,shape,levels,extra", [
+    ("pixel_cnn", (1, 8, 8), 2, {}), ("pixel_cnn", (3, 5, 5), 4, {}), ("gated_pixel_cnn", (1, 8, 8), 2, {}),
+    ("gated_pixel_cnn", (1, 6, 6), 2, {"conditional": True, "num_classes": 3}),
+    ("diagonal_bilstm", (1, 8, 8), 2, {}), ("row_lstm", (3, 5, 5), 4, {}), ("multiscale_pixel_rnn", (1, 8, 8), 2, {}),
+])
+def test_cuda_graph_sampler_draws_the_eager_samplers_images(name, shape, levels, extra):
+    from pixelexp import fast
+    torch.manual_seed(0)
+    model = build_model(name, image_shape=shape, levels=levels, hidden_dims=8, recurrent_length=2, **extra).cuda()
+    labels = torch.tensor([0, 2, 1, 0, 2], device="cuda") if extra.get("conditional") else None
+
+    def gen(seed):
+        return torch.Generator(device="cuda").manual_seed(seed)
+    eager = model.sample(5, generator=gen(1), labels=labels)
+    first = fast.sample(model, 5, generator=gen(1), labels=labels)  # warm-up run + capture + replay
+    assert model._sampler_graphs[(5, labels is not None)].graph is not None  # captured, not fallen back
+    again = fast.sample(model, 5, generator=gen(1), labels=labels)  # a replay
+    other = fast.sample(model, 5, generator=gen(2), labels=labels)  # fresh numbers reach the graph
+    assert torch.equal(first, eager) and torch.equal(again, eager)
+    assert torch.equal(other, model.sample(5, generator=gen(2), labels=labels)) and not torch.equal(other, eager)
 
 
 def test_a_failing_compile_falls_back_to_eager_with_a_warning(mnist10k, monkeypatch, capsys):

@@ -9,6 +9,8 @@ subpixels before (i, j, c); the head turns it into logits with 1x1 mask-B layers
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,6 +46,30 @@ def run_layers(x: torch.Tensor, layers: nn.ModuleList, use_skip: bool) -> torch.
         x = layer(x)
         total = x if total is None else total + x
     return total if use_skip and total is not None else x
+
+
+class Draws:
+    """The uniform numbers of one sampling run, drawn up front, (steps, n): the k-th draw
+    of a sampler inverts a CDF at row k. Every sampler draws in generation order, so
+    given the same generator the naive and the fast samplers use the same numbers (and
+    return the same images); and as nothing random happens inside the loop, a CUDA
+    graph can replay a whole sampler after fresh numbers are copied into `u`
+    (`pixelexp.fast.sample`)."""
+
+    def __init__(self, u: torch.Tensor):
+        self.u, self.k = u, 0
+
+    @classmethod
+    def of(cls, generator: "torch.Generator | Draws | None", steps: int, n: int, device) -> "Draws":
+        if isinstance(generator, Draws):  # the caller's: a graph's static numbers, or a shared run
+            return generator
+        return cls(torch.rand(steps, n, generator=generator, device=device))
+
+    def next(self) -> torch.Tensor:
+        if self.k >= len(self.u):
+            raise RuntimeError(f"sampler drew more than the {len(self.u)} numbers drawn for it")
+        self.k += 1
+        return self.u[self.k - 1]
 
 
 class AutoregressiveModel(nn.Module):
@@ -109,17 +135,24 @@ class AutoregressiveModel(nn.Module):
             return -F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
         return logits.log_softmax(dim=2).gather(2, x.unsqueeze(2)).squeeze(2)
 
-    def _draw(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """One value per row of `logits` ((n,) Bernoulli or (n, L) categorical)."""
-        if self.levels == 2:
-            return torch.bernoulli(torch.sigmoid(logits.float()), generator=generator).long()
-        return torch.multinomial(logits.float().softmax(-1), 1, generator=generator).squeeze(-1)
+    def sample_draws(self) -> int:
+        """How many draws one sampled image needs at most (one per subpixel)."""
+        return math.prod(self.image_shape)
 
-    def _draw_channel(self, logits: torch.Tensor, c: int, generator: torch.Generator | None) -> torch.Tensor:
+    def _draw(self, logits: torch.Tensor, draws: "Draws") -> torch.Tensor:
+        """One value per row of `logits` ((n,) Bernoulli or (n, L) categorical), by
+        inverting the CDF at the next uniform numbers of `draws`."""
+        u = draws.next()  # (n,)
+        if self.levels == 2:
+            return (u < torch.sigmoid(logits.float())).long()
+        cdf = logits.float().softmax(-1).cumsum(-1)  # (n, L)
+        return (cdf < u[:, None]).sum(-1).clamp_max(self.levels - 1)
+
+    def _draw_channel(self, logits: torch.Tensor, c: int, draws: "Draws") -> torch.Tensor:
         """The head's output at one position, (n, C) or (n, C*L) -> a value of channel c, (n,)."""
         if self.levels > 2:
             logits = logits.view(len(logits), -1, self.levels)
-        return self._draw(logits[:, c], generator)
+        return self._draw(logits[:, c], draws)
 
     @torch.no_grad()
     def naive_sample(self, n: int | None = None, generator: torch.Generator | None = None,
@@ -132,12 +165,13 @@ class AutoregressiveModel(nn.Module):
         labels = None if labels is None else labels.to(device).long()
         self._check_labels(labels, n)
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        draws = Draws.of(generator, self.sample_draws(), n, device)
         was_training = self.training
         self.eval()
         try:
             for c, i, j in self.generation_order():
                 logits = self.logits(x, labels)
-                x[:, c, i, j] = self._draw(logits[:, c, ..., i, j], generator)
+                x[:, c, i, j] = self._draw(logits[:, c, ..., i, j], draws)
         finally:
             self.train(was_training)
         return x
@@ -160,6 +194,7 @@ class AutoregressiveModel(nn.Module):
             raise ValueError("sample needs n (or labels, for a conditional model)")
         self._check_labels(labels, n)
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        draws = Draws.of(generator, self.sample_draws(), n, device)
         was_training = self.training
         self.eval()
         try:
@@ -168,7 +203,7 @@ class AutoregressiveModel(nn.Module):
                 for j in range(W):
                     for c in range(C):
                         logits = self.logits(x[:, :, top:i + 1], labels)  # rows top..i only
-                        x[:, c, i, j] = self._draw(logits[:, c, ..., -1, j], generator)
+                        x[:, c, i, j] = self._draw(logits[:, c, ..., -1, j], draws)
         finally:
             self.train(was_training)
         return x

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
+from pixelexp.models.base import AutoregressiveModel, Draws, OutputHead, run_layers
 from pixelexp.nn.lstm import DiagonalBiLSTM
 from pixelexp.nn.masked import MaskedConv2d
 
@@ -85,6 +85,7 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         device = device or next(self.parameters()).device
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device) if given is None else given.clone()
         known = torch.zeros(H, W, dtype=torch.bool) if known is None else known.cpu()
+        draws = Draws.of(generator, self.sample_draws(), n, device)
         was_training = self.training
         self.eval()
         like = self.input.weight.new_zeros(())
@@ -107,7 +108,7 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
                         feats = total if self.use_skip else h
                         logits = self.head(feats[:, :, None, None])[:, :, 0, 0]  # (n, C) or (n, C*L)
                         if not known[i, j]:
-                            x[:, c, i, j] = self._draw_channel(logits, c, generator)
+                            x[:, c, i, j] = self._draw_channel(logits, c, draws)
                     for layer, cache, (inp, state) in zip(self.layers, caches, states):
                         layer.commit(cache, j, inp, state)
                 for layer, cache in zip(self.layers, caches):

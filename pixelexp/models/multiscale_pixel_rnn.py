@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn as nn
 
-from pixelexp.models.base import AutoregressiveModel
+from pixelexp.models.base import AutoregressiveModel, Draws
 from pixelexp.models.diagonal_bilstm import DiagonalBiLSTMPixelRNN
 
 
@@ -84,6 +84,9 @@ class MultiScalePixelRNN(AutoregressiveModel):
         out[..., ::s, ::s] = self.small.logits(small_x)  # the small image's own terms
         return out
 
+    def sample_draws(self) -> int:
+        return self.small.sample_draws() + self.rest.sample_draws()
+
     @torch.no_grad()
     def sample(self, n: int | None = None, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,10 +97,12 @@ class MultiScalePixelRNN(AutoregressiveModel):
         was_training = self.training
         self.eval()
         try:
-            small = self.small.sample(n, generator, device)
+            # One Draws for both stages (a CUDA graph replays the whole run from one tensor).
+            draws = Draws.of(generator, self.sample_draws(), n, device)
+            small = self.small.sample(n, draws, device)
             x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
             x[:, :, :: self.stride, :: self.stride] = small
-            return self.rest.sample(n, generator, device, given=x, known=self.small_mask(),
+            return self.rest.sample(n, draws, device, given=x, known=self.small_mask(),
                                     cond=self.condition(small))
         finally:
             self.train(was_training)

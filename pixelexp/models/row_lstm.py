@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
+from pixelexp.models.base import AutoregressiveModel, Draws, OutputHead, run_layers
 from pixelexp.nn.masked import MaskedConv2d
 from pixelexp.nn.row_lstm import RowLSTM
 
@@ -70,6 +70,7 @@ class RowLSTMPixelRNN(AutoregressiveModel):
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        draws = Draws.of(generator, self.sample_draws(), n, device)
         was_training = self.training
         self.eval()
         like = self.input.weight
@@ -83,7 +84,7 @@ class RowLSTMPixelRNN(AutoregressiveModel):
                     for c in range(C):
                         feats, _ = self._row(x[:, :, top:i + 1], states)
                         logits = self.head(feats)[:, :, 0, j]  # (n, C) or (n, C*L)
-                        x[:, c, i, j] = self._draw_channel(logits, c, generator)
+                        x[:, c, i, j] = self._draw_channel(logits, c, draws)
                 _, states = self._row(x[:, :, top:i + 1], states)  # the finished row's states
         finally:
             self.train(was_training)

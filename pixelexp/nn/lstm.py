@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.plain import diagonal_bilstm_plain
-from pixelexp.nn.scan import EAGER, diagonal_indices, diagonal_scan
-from pixelexp.nn.shifts import down_shift, skew, unskew
+from pixelexp.nn.scan import EAGER, diagonal_indices, diagonal_scan, gather_rows
 
 
 def lstm_cell(g: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +79,7 @@ class DiagonalBiLSTM(nn.Module):
 
     impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
     kernels = EAGER  # the scan's elementwise step functions (fast.py may compile them)
+    row_shift = 1  # the right-to-left direction's output moves down this many rows (1: no leak)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.impl == "plain":
@@ -100,16 +100,16 @@ class DiagonalBiLSTM(nn.Module):
         w = torch.cat([(conv.weight * conv.mask)[:, :, 0, 0], self.cond_to_state[:, : x_in.shape[1] - x.shape[1]],
                        conv.bias[:, None]], dim=1)  # (8h, k+1)
         gates = (pixels @ w.T).view(2 * (N + 1), 4 * hd)  # rows (pixel, direction)
-        idx = diagonal_indices(B, H, W, x.device)
+        idx = diagonal_indices(B, H, W, x.device, self.row_shift)
         # Skew by gathering: (direction, diagonal t, batch, row r) <- pixel (r, t-r) (mirrored
         # for right-to-left), or the zero row off the image.
-        x_gates = gates.index_select(0, idx.gates).view(2, -1, B * H, 4 * hd)  # (2, P, B*H, 4h)
+        x_gates = gather_rows(gates, idx.gates, idx.gates_inv).view(2, -1, B * H, 4 * hd)  # (2, P, B*H, 4h)
         w_above, w_left = self.state_to_state.split(hd, dim=1)  # (2, h, 4h) each
         w_state = torch.cat([w_left, w_above], dim=1)  # (2, 2h, 4h): one state product per diagonal
         table = diagonal_scan(x_gates, w_state, H, self.kernels)  # (2*P*B*H + 1, h), last row zeros
         # Unskew by gathering: pixel (r, j) <- left-to-right state at (r, j) plus the right-to-left
         # state at (r-1, j), shifted down one row so row r only hears rows < r (zero for r = 0).
-        y = table.index_select(0, idx.states).view(N, 2, hd).sum(1)  # (N, h)
+        y = gather_rows(table, idx.states, idx.states_inv).view(N, 2, hd).sum(1)  # (N, h)
         out = self.output
         out = F.linear(y, (out.weight * out.mask)[:, :, 0, 0], out.bias)  # the 1x1 mask B output conv
         out = out.view(B, H, W, -1).permute(0, 3, 1, 2)  # (B, channels, H, W), channels-last strides

@@ -78,18 +78,51 @@ EAGER = (cell_forward, cell_backward)
 class DiagonalIndices(NamedTuple):
     gates: torch.Tensor  # (2*P*B*H,) rows of the (pixel, direction) gate table, in scan order
     states: torch.Tensor  # (B*H*W*2,) rows of the state table: per pixel, its two states
+    gates_inv: torch.Tensor  # (2*(N+1),) per gate-table row: the one position that reads it, or 2*P*B*H
+    states_inv: torch.Tensor  # (2*P*B*H+1,) per state-table row: the one position reading it, or 2*N
+
+
+def inverse(idx: torch.Tensor, rows: int, valid: torch.Tensor) -> torch.Tensor:
+    """Where each of `rows` source rows is read in `idx` (once at most, where `valid`),
+    or len(idx) for rows that nothing reads (or only the invalid entries read)."""
+    inv = torch.full((rows,), len(idx), dtype=idx.dtype)
+    inv[idx[valid]] = torch.arange(len(idx))[valid]
+    return inv
+
+
+class GatherRows(torch.autograd.Function):
+    """src.index_select(0, idx) whose backward is a gather too: each source row is read
+    at most once (apart from constant zero rows, whose gradient is not needed), so its
+    gradient is one row of the output's gradient, found through `inv`. (index_select's
+    own backward adds into the source with atomics; on a GPU the thousands of reads of
+    the zero row then serialize.)"""
+
+    @staticmethod
+    def forward(ctx, src, idx, inv):
+        ctx.save_for_backward(inv)
+        return src.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        (inv,) = ctx.saved_tensors
+        return F.pad(d_out, (0, 0, 0, 1)).index_select(0, inv), None, None
+
+
+def gather_rows(src: torch.Tensor, idx: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    return GatherRows.apply(src, idx, inv)
 
 
 @functools.lru_cache(maxsize=16)
-def diagonal_indices(B: int, H: int, W: int, device: torch.device) -> DiagonalIndices:
+def diagonal_indices(B: int, H: int, W: int, device: torch.device, shift: int = 1) -> DiagonalIndices:
     """The skew and unskew of a (B, H, W) map as gathers.
 
     Skewed position (direction d, diagonal t, batch b, row r) holds pixel (r, t - r) of
     the image (d = 0) or of its mirror image (d = 1: column W-1-(t-r)); off the image
     it reads row N of the gate table (N = B*H*W), the zero row. Pixel (b, r, j) reads
     the left-to-right state at (t = r + j, row r) and the right-to-left state of the
-    pixel above it, (r-1, j), at mirrored diagonal t = (r-1) + (W-1-j); row 0 reads
-    the state table's zero row instead.
+    pixel `shift` rows above it, (r-1, j), at mirrored diagonal t = (r-1) + (W-1-j);
+    row 0 reads the state table's zero row instead. (shift=0 is the TensorFlow
+    reference's leak, kept to show that the causality test catches it.)
     """
     P, N = W + H - 1, B * H * W
     d = torch.arange(2).view(2, 1, 1, 1)
@@ -103,9 +136,11 @@ def diagonal_indices(B: int, H: int, W: int, device: torch.device) -> DiagonalIn
     bh = P * B * H  # rows per direction in the state table
     b, r, j = (torch.arange(n).view(*s) for n, s in ((B, (B, 1, 1)), (H, (1, H, 1)), (W, (1, 1, W))))
     fw = (r + j) * B * H + b * H + r
-    bw = torch.where(r > 0, bh + ((r - 1) + (W - 1 - j)) * B * H + b * H + (r - 1), 2 * bh)
+    bw = torch.where(r >= shift, bh + ((r - shift) + (W - 1 - j)) * B * H + b * H + (r - shift), 2 * bh)
     states = torch.stack([fw, bw], dim=-1).expand(B, H, W, 2).reshape(-1)
-    return DiagonalIndices(gates.to(device), states.to(device))
+    gates_inv = inverse(gates, 2 * (N + 1), gates < 2 * N)
+    states_inv = inverse(states, 2 * bh + 1, states < 2 * bh)
+    return DiagonalIndices(*(t.to(device) for t in (gates, states, gates_inv, states_inv)))
 
 
 class DiagonalScan(torch.autograd.Function):
@@ -186,4 +221,4 @@ def diagonal_scan(x_gates: torch.Tensor, w_state: torch.Tensor, H: int, kernels=
     return DiagonalScan.apply(x_gates, w_state, H, kernels)
 
 
-__all__ = ["diagonal_scan", "diagonal_indices", "DiagonalScan", "cell_forward", "cell_backward", "EAGER"]
+__all__ = ["diagonal_scan", "diagonal_indices", "gather_rows", "DiagonalScan", "cell_forward", "cell_backward", "EAGER"]
