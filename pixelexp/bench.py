@@ -279,7 +279,7 @@ def markdown(r: dict) -> str:
     lines = [f"# pixelexp bench: {r['device']}", "",
              f"- command: `{r['command']}`", f"- torch {r['torch']}, Python {r['python']}, "
              f"{r['threads']} threads, {r['date']}",
-             f"- settings: [1] {r['settings'][1]}; [2] {r['settings'][2]}",
+             "- settings: " + "; ".join(f"[{k}] {v}" for k, v in r["settings"].items()),
              "- device peak (measured matmul): " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in
                                                                r["peak_tflops"].items()),
              "- fast = the model's fast paths (listed); plain = model.impl=plain, fp32, eager. Medians of "

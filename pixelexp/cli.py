@@ -7,6 +7,7 @@ one line on stderr saying what is wrong and how to fix it, and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from pixelexp.errors import Interrupted, TrackingOutage, UserError
@@ -129,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         if overrides and args.command not in ("train", "experiment", "sweep", "rerun"):
             raise UserError(f"{args.command} takes no key=value settings (got {overrides[0]!r})")
         from pixelexp.signals import graceful_stop
-        with graceful_stop():
+        # Commands that train finish their batch and checkpoint on SIGINT/SIGTERM; the
+        # others (bench, report, sample, ...) keep Python's handlers and stop at once.
+        training = args.command in ("train", "experiment", "sweep", "resume", "rerun")
+        with graceful_stop() if training else contextlib.nullcontext():
             _dispatch(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

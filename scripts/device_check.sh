@@ -30,7 +30,7 @@ stage() {  # stage NAME MAX_SECONDS COMMAND...
   local name=$1 max=$2; shift 2
   local t=$(left "$max")
   echo "== $name (up to ${t}s, $(( $(date +%s) - START ))s in)" | tee -a "$OUT/log.txt"
-  timeout "$t" "$@" > "$OUT/$name.txt" 2>&1
+  timeout -k 10 "$t" "$@" > "$OUT/$name.txt" 2>&1
   echo "   rc=$? after $(( $(date +%s) - START ))s" | tee -a "$OUT/log.txt"
   tail -n 25 "$OUT/$name.txt"
 }

@@ -268,3 +268,24 @@ def test_bench_writes_json_and_markdown_with_plain_ratios(tmp_path, capsys):
     assert "| pixel_cnn | 1 | 28x28 gray | 16 | fp32 |" in md.read_text()
     assert main(["bench", "--models", "pixel_cnnn"]) == 2
     assert "not a model" in capsys.readouterr().err
+
+
+def test_bench_stops_at_the_first_sigterm(tmp_path):
+    """Only training commands finish their batch on a signal; bench stops at once (a
+    `timeout` around it must be able to end it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    proc = subprocess.Popen([sys.executable, "-m", "pixelexp", "bench", "--quick", "--models", "pixel_rnn",
+                             "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert "bench on" in proc.stdout.readline()  # timing has begun
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    t = time.monotonic()
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+    assert time.monotonic() - t < 10
+
