@@ -62,8 +62,8 @@ class DiagonalBiLSTM(nn.Module):
         self.use_residual = use_residual
         unit_groups = channel_groups(hidden, image_channels)  # (h,)
         # Gate channels laid out (direction, gate i/f/o/g, unit): 8h channels, each with its
-        # unit's group. It holds the gates' biases; `forward` carries them through the skew
-        # on a channel of ones, so the skew's padding gets none and its states stay zero.
+        # unit's group. It holds the gates' biases; `forward` adds them on the image's pixels
+        # only, so the skew's padding gets none and its states stay zero.
         self.input_to_state = MaskedConv2d(channels, 8 * hidden, 1, "B", image_channels,
                                            out_groups=unit_groups.repeat(8))
         # The 2x1 column convolution of each direction as one matrix: rows [above | left]
