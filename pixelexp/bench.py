@@ -6,12 +6,16 @@ For each model (pixel_cnn, pixel_rnn, row_lstm, gated_pixel_cnn) at settings [1]
 256 levels), batch size (16, 256, 1024 on a GPU; 16 and 100 on a CPU) and precision
 (fp32, bf16) it measures:
 
-  train images/s    forward, backward, RMSprop step
+  train images/s    the trainer's step: forward + backward (`fast.GradStep`: a CUDA
+                    graph replay where train.cuda_graphs is on), gradient norm and loss
+                    read back, RMSprop step
   eval images/s     log-likelihood without gradients
-  sample images/s   the model's fast sampler, and the naive one (--sample-n images;
-                    default 100 on a GPU, 16 on a CPU, 8 with --quick) (the whole image
-                    through the model for every subpixel; on CPUs timed on the first
-                    rows and scaled to the image, since every step costs the same)
+  sample images/s   the model's fast sampler (`fast.sample`: on a GPU replayed as a CUDA
+                    graph, timed after the capturing first call, which is reported too),
+                    and the naive one (--sample-n images; default 100 on a GPU, 16 on a
+                    CPU, 8 with --quick) (the whole image through the model for every
+                    subpixel; on CPUs timed on the first rows and scaled to the image,
+                    since every step costs the same)
   peak memory       CUDA: max allocated in that case; CPU: the process's peak resident
                     memory so far (it only grows through the run)
   FLOP/s            FLOPs of one training step (torch's FlopCounterMode) / its time,
@@ -161,8 +165,10 @@ def naive_sample_rate(model, n: int, device, rows: int | None) -> float:
 
 
 def fast_sample_rate(model, n: int, device, graphs: bool) -> tuple[float, float]:
-    """(images/s of the fast sampler after one warm-up call, seconds of that first call).
-    With `graphs` it is the CUDA-graph replay (`fast.sample`); the first call captures."""
+    """(images/s of the fast sampler, seconds of its first call). On a GPU: the best of
+    two calls after that first one (with `graphs` the first call captures the CUDA graph
+    that the others replay: `fast.sample`). On a CPU nothing is warmed up or captured,
+    and the first call is the timing."""
     def run():
         g = torch.Generator(device=device).manual_seed(0)
         sync(device)
@@ -171,7 +177,7 @@ def fast_sample_rate(model, n: int, device, graphs: bool) -> tuple[float, float]
         sync(device)
         return time.perf_counter() - t
     first = run()
-    return n / min(run(), run()) if device.type == "cuda" else n / run(), first
+    return (n / min(run(), run()) if device.type == "cuda" else n / first), first
 
 
 def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_: str, echo,
@@ -297,6 +303,11 @@ def markdown(r: dict) -> str:
                      f"{x['pct_of_peak']:.2f} |")
     lines += ["", "Naive sampling on CPUs is timed on the first row of subpixels and scaled to the whole "
               "image (each step is a whole forward pass, so every step costs the same)."]
+    firsts = [f"{x['model']} [{x['setting']}] {x['image']} {x['sample_first_call_s']:.1f} s" for x in r["results"]
+              if "sample_first_call_s" in x]
+    if firsts:
+        lines += ["", "First call of the fast sampler (on a GPU it captures the CUDA graph that later calls "
+                  "replay): " + "; ".join(firsts) + "."]
     return "\n".join(lines) + "\n"
 
 

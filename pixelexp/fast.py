@@ -1,21 +1,24 @@
 """Fast training paths, each a switch with a default that suits the device:
 
     train.precision      auto | fp32 | bf16   auto: bf16 autocast on a CUDA device that has it, else fp32
-    train.compile        auto | on | off      auto: on for CUDA, off on CPUs (compiling costs minutes there)
+    train.compile        auto | on | off      auto: on for CUDA, off on CPUs (whole-network compiles
+                                              cost minutes there; `on` pays off for PixelRNN runs)
     train.channels_last  auto | on | off      auto: on for CUDA (faster convolutions)
     train.cuda_graphs    auto | on | off      auto: on for CUDA in a single process: forward and
                                               backward of a full batch replayed as one CUDA graph
                                               (the recurrent models launch thousands of small
-                                              kernels per step; a graph launches them at once)
-    model.impl           fast | plain         the recurrent layers' fused scan, or the plain loop
+                                              kernels per step; a graph launches them at once),
+                                              and each epoch's sample grid replayed likewise
+    model.impl           fast | plain         the recurrent layers' fast scans, or the plain loops
 
 Compilation covers the whole network for the convolutional models; for the recurrent
 ones it compiles the step functions of the scans (Row LSTM: `scan_step`, one row's
 state convolution and gate math; Diagonal BiLSTM: `kernels`, the forward and backward
 elementwise functions of its hand-written scan, one kernel each), and the loops over
-rows / diagonals stay in Python, which keeps compile times short. Where compilation fails, training goes on
-eager with a warning. The plain path (fp32, eager, contiguous, model.impl=plain) is the
-reference the fast one is tested and benchmarked against.
+rows / diagonals stay in Python, which keeps compile times short. Where compiling or
+capturing fails, training goes on eager with a warning. The plain path (fp32, eager,
+contiguous, model.impl=plain) is the reference the fast one is tested and benchmarked
+against.
 """
 
 from __future__ import annotations
