@@ -106,7 +106,8 @@ class PixelCNN(AutoregressiveModel):
             win = F.relu(m[:, :, i: i + 2, j: j + 3])  # rows i-1..i, cols j-1..j+1
             y = torch.addmm(block.conv.bias, win.flatten(1), w.T)
             a = a + y if block.use_residual else y
-            total = total + a
+            if self.use_skip:  # the sum of all layers' outputs feeds the head
+                total = total + a
         feats = total if self.use_skip and len(self.layers) else a
         return self.head(feats[:, :, None, None])[:, :, 0, 0]
 
