@@ -117,11 +117,12 @@ def peak_memory_mb(device: torch.device) -> float:
 class Trainable:
     """One model on one path (fast or plain): a training step and an evaluation."""
 
-    def __init__(self, case: Case, hp: dict, device, plain: bool, compile_: str, graphs: str = "auto"):
+    def __init__(self, case: Case, hp: dict, device, plain: bool, compile_: str, graphs: str = "auto",
+                 impl: str = "fast"):
         shape, levels = IMAGES[case.image]
         torch.manual_seed(0)
         self.model = build_model(case.model, image_shape=shape, levels=levels, **hp).to(device)
-        set_impl(self.model, "plain" if plain else "fast")
+        set_impl(self.model, "plain" if plain else impl)
         self.paths = fast.PLAIN if plain else fast.resolve(case.precision, compile_, "auto", device, graphs)
         self.net = fast.apply(self.model, self.model, self.paths)
         self.grad_step = fast.GradStep(self.net, self.model, self.paths, device)
@@ -181,17 +182,17 @@ def fast_sample_rate(model, n: int, device, graphs: bool) -> tuple[float, float]
 
 
 def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_: str, echo,
-               sample: bool = True, sample_n: int | None = None, graphs: str = "auto") -> dict:
+               sample: bool = True, sample_n: int | None = None, graphs: str = "auto", impl: str = "fast") -> dict:
     reps = 3 if quick else 5
     row: dict = {"model": case.model, "setting": case.setting, "image": case.image, "batch": case.batch,
                  "precision": case.precision}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    fast_t = Trainable(case, hp, device, plain=False, compile_=compile_, graphs=graphs)
+    fast_t = Trainable(case, hp, device, plain=False, compile_=compile_, graphs=graphs, impl=impl)
     row["parameters"] = sum(p.numel() for p in fast_t.model.parameters())
     warm = 3 if fast_t.paths.compile or fast_t.paths.graphs else 1  # compiling / capturing: first calls
     row["train_ips"] = case.batch / timed(fast_t.train_step, device, reps, warm)
-    row["fast_paths"] = fast_t.paths.describe() + (" (graph capture failed)" if fast_t.paths.graphs and
+    row["fast_paths"] = (f"impl={impl}, " if impl != "fast" else "") + fast_t.paths.describe() + (" (graph capture failed)" if fast_t.paths.graphs and
                                                    fast_t.grad_step.graph is None else "")
     row["eval_ips"] = case.batch / timed(fast_t.eval_step, device, reps, warm)
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
@@ -237,7 +238,8 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
               models: tuple[str, ...] = MODELS, compile_: str = "auto", command: str | None = None,
               batches: tuple[int, ...] | None = None, precisions: tuple[str, ...] | None = None,
               images: tuple[str, ...] | None = None, sets: tuple[int, ...] | None = None,
-              sample_n: int | None = None, graphs: str = "auto", sample: bool = True, echo=print) -> dict:
+              sample_n: int | None = None, graphs: str = "auto", sample: bool = True, impl: str = "fast",
+              echo=print) -> dict:
     """Each of batches/precisions/images/sets, when given, replaces the default list."""
     from pixelexp.train import pick_device
     dev = pick_device(device)
@@ -269,7 +271,7 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
                     for p in precisions:
                         rows.append(bench_case(Case(name, s, image, b, p), hp[s], dev, quick, peaks, compile_,
                                                echo, sample=sample and b == batches[0], sample_n=sample_n,
-                                               graphs=graphs))
+                                               graphs=graphs, impl=impl))
                         result["seconds"] = round(time.perf_counter() - t0, 1)
                         write(result, out / stem)  # after every case: a cut-short run keeps what it measured
     echo(f"bench: {len(rows)} cases in {result['seconds']:.0f} s -> {out / stem}.json, {out / stem}.md")

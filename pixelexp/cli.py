@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--graphs", default="auto", choices=("auto", "on", "off"),
                    help="the fast path's train.cuda_graphs (default auto: on for CUDA)")
     b.add_argument("--no-sample", action="store_true", help="skip the sampling timings")
+    b.add_argument("--impl", default="fast", choices=("fast", "triton"),
+                   help="the fast path's model.impl (triton: the Diagonal BiLSTM's Triton scan)")
     b.add_argument("--out", default="reports/bench", help="folder for <device>.json and .md")
     b.add_argument("--batches", help="comma-separated batch sizes (default: 16,256,1024 on a GPU, 16,100 on a CPU)")
     b.add_argument("--precisions", help="comma-separated: fp32, bf16 (default both; --quick: fp32)")
@@ -245,7 +247,7 @@ def _dispatch(args) -> None:
         if args.sample_n is not None and args.sample_n < 1:
             raise UserError(f"bench --sample-n must be >= 1, got {args.sample_n}")
         run_bench(quick=args.quick, device=args.device, out=args.out, models=models, compile_=args.compile,
-                  graphs=args.graphs, sample=not args.no_sample,
+                  graphs=args.graphs, sample=not args.no_sample, impl=args.impl,
                   command="python -m pixelexp " + " ".join(args.argv), batches=batches,
                   precisions=listed(args.precisions, {"fp32": "fp32", "bf16": "bf16"}, "--precisions"),
                   images=listed(args.images, {"gray28": "28x28 gray", "rgb32": "32x32 rgb"}, "--images"),

@@ -73,8 +73,9 @@ class ModelConfig:
     use_skip: bool = opt(False, help="skip connections: every layer's output reaches the output layers")
     conditional: bool = opt(False, help="condition on the class label (gated_pixel_cnn)")
     scale_stride: int = opt(2, help="multiscale_pixel_rnn: the small image is every n-th row and column", min=2)
-    impl: str = opt("fast", help="recurrent layers: the fast scan, or the plain reference loop (same function)",
-                    choices=("fast", "plain"))
+    impl: str = opt("fast", help="recurrent layers: the fast scan, the plain reference loop (same function), or "
+                                 "triton: the Diagonal BiLSTM's scan as Triton kernels (CUDA; hidden_dims a power "
+                                 "of two >= 16; else the fast scan)", choices=("fast", "plain", "triton"))
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@
 # that a slow stage cannot cost the later ones everything; every bench stage writes its
 # JSON/Markdown after each case, so a stage cut short keeps what it measured.
 #   1. the CUDA equivalence tests (fast scan vs plain loop, gradcheck, cached samplers,
-#      CUDA graphs vs eager training, graph-replayed samplers vs eager);
+#      CUDA graphs vs eager training, graph-replayed samplers vs eager, Triton scan);
 #   2. the targets: pixel_cnn and pixel_rnn, setting [1], 28x28, batch 256, fp32 and bf16,
 #      sampling 100 images (fast and naive);
-#   3. batches 16 and 1024; 4. row_lstm and gated_pixel_cnn; 5. setting [2], 32x32 RGB;
+#   3. pixel_rnn with model.impl=triton (the Triton scan) at batches 256 and 1024;
+#      then batches 16 and 1024; 4. row_lstm and gated_pixel_cnn; 5. setting [2], 32x32 RGB;
 #   6. bf16 vs fp32 test bits/dim of a short pixel_cnn training (scripts/bf16_check.py);
 #   7. which switch buys what for pixel_rnn at batch 256 (compile / CUDA graphs).
 # All of $OUT also lands in $OUT/device-check.tgz.
@@ -46,6 +47,8 @@ B="python3 -m pixelexp bench --device cuda --images gray28 --settings 1"
 stage tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_fast_paths.py -k "cuda"
 stage bench-targets 170 $B --models pixel_cnn,pixel_rnn --batches 256 --precisions fp32,bf16 --sample-n 100 \
   --out "$OUT/bench-targets"
+stage bench-triton 60 $B --models pixel_rnn --batches 256,1024 --precisions fp32 --no-sample --impl triton \
+  --out "$OUT/bench-triton"
 stage bench-batches 70 $B --models pixel_rnn,pixel_cnn --batches 16,1024 --precisions fp32,bf16 --no-sample \
   --out "$OUT/bench-batches"
 stage bench-others 80 $B --models row_lstm,gated_pixel_cnn --batches 256 --precisions fp32,bf16 --sample-n 100 \

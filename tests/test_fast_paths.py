@@ -97,6 +97,65 @@ def test_the_skew_gathers_are_the_skew_and_unskew():
         assert torch.equal(g_ours[:-zero_rows], g_ref[:-zero_rows]) and not g_ours[-zero_rows:].any()
 
 
+TRITON_CHECK = """
+import torch
+from pixelexp.models import build_model, set_impl
+from pixelexp.nn.scan import diagonal_scan
+from pixelexp.nn.triton_scan import available, triton_diagonal_scan
+dev = torch.device("DEVICE")
+assert available(16, dev)
+torch.manual_seed(0)
+rel = lambda a, b: float((a - b).abs().max() / b.abs().max())
+B, H, W, hd = 2, 5, 4, 16
+P = W + H - 1
+xg = torch.randn(2, P, B * H, 4 * hd, device=dev, requires_grad=True)
+ws = (0.3 * torch.randn(2, 2 * hd, 4 * hd, device=dev)).requires_grad_()
+up = torch.randn(2 * P * B * H + 1, hd, device=dev)
+outs = []
+for scan in (triton_diagonal_scan, diagonal_scan):
+    xg.grad = ws.grad = None
+    table = scan(xg, ws, H)
+    (table * up).sum().backward()
+    outs.append((table.detach(), xg.grad.clone(), ws.grad.clone()))
+for a, b in zip(*outs):
+    assert rel(a, b) < 1e-5, rel(a, b)
+# The whole model: log-probabilities and every gradient against the plain loop.
+model = build_model("diagonal_bilstm", image_shape=(1, 6, 5), levels=2, hidden_dims=16, recurrent_length=2,
+                    out_hidden_dims=8).to(dev)
+x = torch.randint(0, 2, (3, 1, 6, 5), device=dev)
+got = []
+for impl in ("triton", "plain"):
+    set_impl(model, impl)
+    model.zero_grad()
+    lp = model.log_prob(x)
+    lp.sum().backward()
+    got.append([lp.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None and p.numel()])
+for a, b in zip(*got):
+    assert rel(a, b) < 1e-5, rel(a, b)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_triton_scan_computes_what_the_pytorch_scan_does(device):
+    """model.impl=triton: the two Triton kernels (forward, backward) against the PyTorch
+    scan and the whole model against the plain loop (fp32, 1e-5). On a CPU they run in
+    Triton's interpreter (TRITON_INTERPRET=1, set before Triton is imported: a subprocess)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    pytest.importorskip("triton")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if device == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    done = subprocess.run([sys.executable, "-c", TRITON_CHECK.replace("DEVICE", device)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_the_plain_loop_is_a_different_computation():
     """The check can fail: the plain loop without the down-shift of the right-to-left
     direction (the TensorFlow reference's leak) gives other log-probabilities."""

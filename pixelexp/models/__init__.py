@@ -38,12 +38,13 @@ def build_model(name: str, image_shape: tuple[int, int, int], levels: int, **hpa
     return cls(image_shape, levels, **hparams)
 
 
-IMPLS = ("fast", "plain")
+IMPLS = ("fast", "plain", "triton")
 
 
 def set_impl(model, impl: str):
-    """Switch every recurrent layer between its fast scan and the plain reference loop
-    (nn/plain.py): the same parameters, the same function. Returns the model."""
+    """Switch every recurrent layer between its fast scan, the plain reference loop
+    (nn/plain.py) and, for the Diagonal BiLSTM, the Triton kernels (nn/triton_scan.py):
+    the same parameters, the same function. Returns the model."""
     if impl not in IMPLS:
         raise ConfigError(f"model.impl={impl!r}: choose one of {', '.join(IMPLS)}")
     for m in model.modules():

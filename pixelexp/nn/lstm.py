@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.plain import diagonal_bilstm_plain
+from pixelexp.nn import triton_scan
 from pixelexp.nn.scan import EAGER, diagonal_indices, diagonal_scan, gather_rows
 
 
@@ -77,7 +78,7 @@ class DiagonalBiLSTM(nn.Module):
         self.cond_to_state = nn.Parameter(torch.empty(8 * hidden, cond_channels))
         nn.init.uniform_(self.cond_to_state, -(cond_channels or 1) ** -0.5, (cond_channels or 1) ** -0.5)
 
-    impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
+    impl = "fast"  # or "plain" (the reference loop of nn/plain.py), "triton" (set by models.set_impl)
     kernels = EAGER  # the scan's elementwise step functions (fast.py may compile them)
     row_shift = 1  # the right-to-left direction's output moves down this many rows (1: no leak)
 
@@ -106,7 +107,12 @@ class DiagonalBiLSTM(nn.Module):
         x_gates = gather_rows(gates, idx.gates, idx.gates_inv).view(2, -1, B * H, 4 * hd)  # (2, P, B*H, 4h)
         w_above, w_left = self.state_to_state.split(hd, dim=1)  # (2, h, 4h) each
         w_state = torch.cat([w_left, w_above], dim=1)  # (2, 2h, 4h): one state product per diagonal
-        table = diagonal_scan(x_gates, w_state, H, self.kernels)  # (2*P*B*H + 1, h), last row zeros
+        if self.impl == "triton" and triton_scan.available(hd, x.device):  # one kernel per layer and pass
+            table = triton_scan.triton_diagonal_scan(x_gates, w_state, H)
+        else:
+            if self.impl == "triton":
+                triton_scan.warn_unavailable(hd, x.device)
+            table = diagonal_scan(x_gates, w_state, H, self.kernels)  # (2*P*B*H + 1, h), last row zeros
         # Unskew by gathering: pixel (r, j) <- left-to-right state at (r, j) plus the right-to-left
         # state at (r-1, j), shifted down one row so row r only hears rows < r (zero for r = 0).
         y = gather_rows(table, idx.states, idx.states_inv).view(N, 2, hd).sum(1)  # (N, h)
