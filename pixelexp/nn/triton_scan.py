@@ -65,23 +65,22 @@ if triton is not None:
         return tl.load(w_ptr + d * (2 * HD) * (4 * HD) + (row0 + r)[:, None] * (4 * HD) + k * HD + r[None, :])
 
     @triton.jit
-    def _scan_fwd(xg_ptr, w_ptr, out_ptr, act_ptr, c_ptr, P, B, H, HP: tl.constexpr, HD: tl.constexpr):
+    def _weights(w_ptr, d, HD: tl.constexpr):
+        """The eight (HD, HD) blocks of w_state[d]: left then above, gates i, f, o, g."""
+        return (_w(w_ptr, d, 0, 0, HD), _w(w_ptr, d, 0, 1, HD), _w(w_ptr, d, 0, 2, HD), _w(w_ptr, d, 0, 3, HD),
+                _w(w_ptr, d, HD, 0, HD), _w(w_ptr, d, HD, 1, HD), _w(w_ptr, d, HD, 2, HD), _w(w_ptr, d, HD, 3, HD))
+
+    @triton.jit
+    def _program(B, H, HP: tl.constexpr, HD: tl.constexpr):
+        """This program's (direction, image), its column's rows (padded to HP) and units."""
         pid = tl.program_id(0)
-        d = pid // B
-        b = pid % B
         rows = tl.arange(0, HP)
-        cols = tl.arange(0, HD)
-        rmask = rows < H
-        m2 = rmask[:, None]
-        BH = B * H
-        wl_i = _w(w_ptr, d, 0, 0, HD)
-        wl_f = _w(w_ptr, d, 0, 1, HD)
-        wl_o = _w(w_ptr, d, 0, 2, HD)
-        wl_g = _w(w_ptr, d, 0, 3, HD)
-        wa_i = _w(w_ptr, d, HD, 0, HD)
-        wa_f = _w(w_ptr, d, HD, 1, HD)
-        wa_o = _w(w_ptr, d, HD, 2, HD)
-        wa_g = _w(w_ptr, d, HD, 3, HD)
+        return pid, pid // B, pid % B, rows, tl.arange(0, HD), (rows < H)[:, None], B * H
+
+    @triton.jit
+    def _scan_fwd(xg_ptr, w_ptr, out_ptr, act_ptr, c_ptr, P, B, H, HP: tl.constexpr, HD: tl.constexpr):
+        pid, d, b, rows, cols, m2, BH = _program(B, H, HP, HD)
+        wl_i, wl_f, wl_o, wl_g, wa_i, wa_f, wa_o, wa_g = _weights(w_ptr, d, HD)
         h = tl.zeros((HP, HD), dtype=tl.float32)
         c = tl.zeros((HP, HD), dtype=tl.float32)
         for t in range(P):
@@ -116,23 +115,11 @@ if triton is not None:
     @triton.jit
     def _scan_bwd(dout_ptr, w_ptr, out_ptr, act_ptr, c_ptr, dg_ptr, dw_ptr, P, B, H,
                   HP: tl.constexpr, HD: tl.constexpr):
-        pid = tl.program_id(0)
-        d = pid // B
-        b = pid % B
-        rows = tl.arange(0, HP)
-        cols = tl.arange(0, HD)
-        rmask = rows < H
-        m2 = rmask[:, None]
-        BH = B * H
-        # Transposed weight blocks: gates -> state inputs.
-        wl_i = tl.trans(_w(w_ptr, d, 0, 0, HD))
-        wl_f = tl.trans(_w(w_ptr, d, 0, 1, HD))
-        wl_o = tl.trans(_w(w_ptr, d, 0, 2, HD))
-        wl_g = tl.trans(_w(w_ptr, d, 0, 3, HD))
-        wa_i = tl.trans(_w(w_ptr, d, HD, 0, HD))
-        wa_f = tl.trans(_w(w_ptr, d, HD, 1, HD))
-        wa_o = tl.trans(_w(w_ptr, d, HD, 2, HD))
-        wa_g = tl.trans(_w(w_ptr, d, HD, 3, HD))
+        pid, d, b, rows, cols, m2, BH = _program(B, H, HP, HD)
+        wl_i, wl_f, wl_o, wl_g, wa_i, wa_f, wa_o, wa_g = _weights(w_ptr, d, HD)
+        # Transposed once: gate gradients -> state-input gradients.
+        wl_i, wl_f, wl_o, wl_g = tl.trans(wl_i), tl.trans(wl_f), tl.trans(wl_o), tl.trans(wl_g)
+        wa_i, wa_f, wa_o, wa_g = tl.trans(wa_i), tl.trans(wa_f), tl.trans(wa_o), tl.trans(wa_g)
         dgi = tl.zeros((HP, HD), dtype=tl.float32)  # the next diagonal's gate gradients
         dgf = tl.zeros((HP, HD), dtype=tl.float32)
         dgo = tl.zeros((HP, HD), dtype=tl.float32)
