@@ -98,25 +98,30 @@ def test_a_killed_sweep_resumes_where_it_stopped(env, tmp_path):
     f = write_sweep(tmp_path, n_trials=3, epochs=4)
     slow = ["data.train_limit=400", "train.batch_size=5"]  # a few seconds a trial: time to kill it
     cmd = [sys.executable, "-m", "pixelexp", "sweep", str(f), *TINY, *slow]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=os.environ.copy(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = (tmp_path / "sweep.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 180
+        study = None  # opened once: opening a SQLite study on every poll takes locks the sweep needs
         while time.time() < deadline:  # wait until the second trial is running
             time.sleep(0.5)
+            assert proc.poll() is None, f"the sweep ended early: {(tmp_path / 'sweep.log').read_text()[-1500:]}"
             if (tmp_path / "optuna.db").exists():
                 try:
-                    ts = trials_of(f)
+                    s = load_sweep(f, TINY)
+                    study = study or open_study(s, storage_url(s, 1))
+                    ts = study.get_trials()
                 except Exception:  # noqa: BLE001 - the study may not exist yet
                     continue
                 if any(t.state == States.RUNNING and t.number == 1 for t in ts):
                     break
                 assert not any(t.number == 1 and t.state.is_finished() for t in ts), "missed trial 1"
         else:
-            pytest.fail("the sweep never reached its second trial")
+            pytest.fail(f"the sweep never reached its second trial: {(tmp_path / 'sweep.log').read_text()[-1500:]}")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        log.close()
     before = trials_of(f)
     assert before[0].state == States.COMPLETE and before[1].state == States.RUNNING
     assert main(["sweep", str(f), *TINY, *slow]) == 0
