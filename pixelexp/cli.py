@@ -136,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         # others (bench, report, sample, ...) keep Python's handlers and stop at once.
         training = args.command in ("train", "experiment", "sweep", "resume", "rerun")
         with graceful_stop() if training else contextlib.nullcontext():
-            _dispatch(args)
+            try:
+                _dispatch(args)
+            finally:
+                from pixelexp.distributed import teardown
+                teardown()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,6 +43,15 @@ def setup() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local)
 
 
+def teardown() -> None:
+    """Destroy the process group, if one was set up. Left to the interpreter's exit, gloo's
+    threads can outlive it and the process aborts ("terminate called without an active
+    exception": seen once in CI)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_sum(values: list[float], ctx: Dist, device) -> list[float]:
     """Sum a few numbers over all ranks (identity in one process)."""
     if not ctx.active:
