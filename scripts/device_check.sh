@@ -12,8 +12,8 @@
 #      CUDA graphs vs eager training, graph-replayed samplers vs eager, Triton scan);
 #   2. the targets: pixel_cnn and pixel_rnn, setting [1], 28x28, batch 256, fp32 and bf16,
 #      sampling 100 images (fast and naive);
-#   3. pixel_rnn with model.impl=triton (the Triton scan) at batches 256 and 1024;
-#      then batches 16 and 1024; 4. row_lstm and gated_pixel_cnn; 5. setting [2], 32x32 RGB;
+#   3. pixel_rnn with model.impl=triton (the Triton scan) at batches 256 and 1024; a
+#      profile of pixel_rnn's training step (scripts/profile_step.py); batches 16 and 1024; 4. row_lstm and gated_pixel_cnn; 5. setting [2], 32x32 RGB;
 #   6. bf16 vs fp32 test bits/dim of a short pixel_cnn training (scripts/bf16_check.py);
 #   7. which switch buys what for pixel_rnn at batch 256 (compile / CUDA graphs).
 # All of $OUT also lands in $OUT/device-check.tgz.
@@ -49,6 +49,7 @@ stage bench-targets 170 $B --models pixel_cnn,pixel_rnn --batches 256 --precisio
   --out "$OUT/bench-targets"
 stage bench-triton 60 $B --models pixel_rnn --batches 256,1024 --precisions fp32 --no-sample --impl triton \
   --out "$OUT/bench-triton"
+stage profile 45 python3 scripts/profile_step.py pixel_rnn 256 fast
 stage bench-batches 70 $B --models pixel_rnn,pixel_cnn --batches 16,1024 --precisions fp32,bf16 --no-sample \
   --out "$OUT/bench-batches"
 stage bench-others 80 $B --models row_lstm,gated_pixel_cnn --batches 256 --precisions fp32,bf16 --sample-n 100 \
