@@ -66,6 +66,16 @@ def autocast(paths: FastPaths, device: torch.device, cache: bool = True):
     return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
+def on_side_stream(device: torch.device, fn) -> None:
+    """Run fn on a side CUDA stream, ordered after and before the current one: warm-ups
+    before a graph capture must not run on the stream being captured later."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
 class GradStep:
     """Forward and backward of one training batch: (x, labels or None, scale) -> the
     batch's nats per image (b,), with d(scale * sum of nats)/d(parameter) in each .grad.
@@ -110,13 +120,9 @@ class GradStep:
         try:
             self.static_x = x.clone()
             self.static_y = None if y is None else y.clone()
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):  # warm-up: compile, autotune, fill the allocator
-                for _ in range(3):
-                    self.model.zero_grad(set_to_none=True)
-                    self.eager(self.static_x, self.static_y, scale, cache=False)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            for _ in range(3):  # warm-up: compile, autotune, fill the allocator
+                self.model.zero_grad(set_to_none=True)
+                on_side_stream(self.device, lambda: self.eager(self.static_x, self.static_y, scale, cache=False))
             self.model.zero_grad(set_to_none=True)  # the graph allocates the .grad it writes
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
@@ -204,11 +210,8 @@ def _capture_sampler(model, u, labels, device, warn) -> _SamplerGraph:
     try:
         entry.u = u.clone()
         entry.labels = None if labels is None else labels.clone()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up: lazy initializations happen outside the capture
-            model.sample(n, generator=Draws(entry.u), device=device, labels=entry.labels)
-        torch.cuda.current_stream(device).wait_stream(side)
+        # Warm-up: lazy initializations happen outside the capture.
+        on_side_stream(device, lambda: model.sample(n, generator=Draws(entry.u), device=device, labels=entry.labels))
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             entry.out = model.sample(n, generator=Draws(entry.u), device=device, labels=entry.labels)

@@ -9,6 +9,7 @@ subpixels before (i, j, c); the head turns it into logits with 1x1 mask-B layers
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -154,6 +155,17 @@ class AutoregressiveModel(nn.Module):
             logits = logits.view(len(logits), -1, self.levels)
         return self._draw(logits[:, c], draws)
 
+    @contextlib.contextmanager
+    def sampling(self, generator: "torch.Generator | Draws | None", n: int, device):
+        """A sampler's run: eval mode inside (the previous mode restored after) and the
+        run's Draws (every sampler's random numbers, drawn up front)."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield Draws.of(generator, self.sample_draws(), n, device)
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
     def naive_sample(self, n: int | None = None, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -165,15 +177,10 @@ class AutoregressiveModel(nn.Module):
         labels = None if labels is None else labels.to(device).long()
         self._check_labels(labels, n)
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-        draws = Draws.of(generator, self.sample_draws(), n, device)
-        was_training = self.training
-        self.eval()
-        try:
+        with self.sampling(generator, n, device) as draws:
             for c, i, j in self.generation_order():
                 logits = self.logits(x, labels)
                 x[:, c, i, j] = self._draw(logits[:, c, ..., i, j], draws)
-        finally:
-            self.train(was_training)
         return x
 
     @torch.no_grad()
@@ -194,16 +201,11 @@ class AutoregressiveModel(nn.Module):
             raise ValueError("sample needs n (or labels, for a conditional model)")
         self._check_labels(labels, n)
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-        draws = Draws.of(generator, self.sample_draws(), n, device)
-        was_training = self.training
-        self.eval()
-        try:
+        with self.sampling(generator, n, device) as draws:
             for i in range(H):
                 top = 0 if self.rows_above is None else max(0, i - self.rows_above)
                 for j in range(W):
                     for c in range(C):
                         logits = self.logits(x[:, :, top:i + 1], labels)  # rows top..i only
                         x[:, c, i, j] = self._draw(logits[:, c, ..., -1, j], draws)
-        finally:
-            self.train(was_training)
         return x

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pixelexp.models.base import AutoregressiveModel, Draws, OutputHead, run_layers
+from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
 from pixelexp.nn.lstm import DiagonalBiLSTM
 from pixelexp.nn.masked import MaskedConv2d
 
@@ -85,13 +85,10 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         device = device or next(self.parameters()).device
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device) if given is None else given.clone()
         known = torch.zeros(H, W, dtype=torch.bool) if known is None else known.cpu()
-        draws = Draws.of(generator, self.sample_draws(), n, device)
-        was_training = self.training
-        self.eval()
         like = self.input.weight.new_zeros(())
         caches = [layer.new_cache(n, W, like) for layer in self.layers]
         reach = self.input.kernel_size[0] // 2  # rows above that the 7x7 input layer sees
-        try:
+        with self.sampling(generator, n, device) as draws:
             for i in range(H):
                 top = max(0, i - reach)
                 for j in range(W):
@@ -113,6 +110,4 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
                         layer.commit(cache, j, inp, state)
                 for layer, cache in zip(self.layers, caches):
                     layer.finish_row(cache, None if cond is None else cond[:, :, i])
-        finally:
-            self.train(was_training)
         return x

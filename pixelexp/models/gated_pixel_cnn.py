@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelexp.models.base import AutoregressiveModel, Draws, OutputHead
+from pixelexp.models.base import AutoregressiveModel, OutputHead
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.shifts import down_shift
 
@@ -151,10 +151,7 @@ class GatedPixelCNN(AutoregressiveModel):
         wv = [layer.vertical.weight for layer in self.layers]
         wh = [(layer.horizontal.weight * layer.horizontal.mask)[:, :, 0, : p + 1].flatten(1)
               for layer, p in zip(self.layers, pads)]
-        draws = Draws.of(generator, self.sample_draws(), n, device)
-        was_training = self.training
-        self.eval()
-        try:
+        with self.sampling(generator, n, device) as draws:
             for i in range(H):
                 for j in range(W):
                     for c in range(C):
@@ -163,8 +160,6 @@ class GatedPixelCNN(AutoregressiveModel):
                         x[:, c, i, j] = self._draw_channel(logits, c, draws)
                         hrows[0][:, c, j + pads[0]] = self.scale(x[:, c, i, j])
                 self._finish_row(x, i, vmaps, hrows, links, emb, wv, pads)
-        finally:
-            self.train(was_training)
         return x
 
     def _h_at(self, hrows, links, emb, wh, pads, j: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn as nn
 
-from pixelexp.models.base import AutoregressiveModel, Draws
+from pixelexp.models.base import AutoregressiveModel
 from pixelexp.models.diagonal_bilstm import DiagonalBiLSTMPixelRNN
 
 
@@ -94,15 +94,10 @@ class MultiScalePixelRNN(AutoregressiveModel):
         self._check_labels(labels, n)
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        try:
-            # One Draws for both stages (a CUDA graph replays the whole run from one tensor).
-            draws = Draws.of(generator, self.sample_draws(), n, device)
+        # One Draws for both stages (a CUDA graph replays the whole run from one tensor).
+        with self.sampling(generator, n, device) as draws:
             small = self.small.sample(n, draws, device)
             x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
             x[:, :, :: self.stride, :: self.stride] = small
             return self.rest.sample(n, draws, device, given=x, known=self.small_mask(),
                                     cond=self.condition(small))
-        finally:
-            self.train(was_training)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelexp.models.base import AutoregressiveModel, Draws, OutputHead, run_layers
+from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
 from pixelexp.nn.masked import MaskedConv2d
 
 
@@ -77,18 +77,13 @@ class PixelCNN(AutoregressiveModel):
         # Each kernel's rows from the top to its centre row, flattened: (out, in * rows * cols).
         w0 = self._upper(self.input)
         ws = [self._upper(block.conv) for block in self.layers]
-        draws = Draws.of(generator, self.sample_draws(), n, device)
-        was_training = self.training
-        self.eval()
-        try:
+        with self.sampling(generator, n, device) as draws:
             for i in range(H):
                 for j in range(W):
                     for c in range(C):
                         logits = self._at(img, maps, w0, ws, i, j, k0)  # (n, C) or (n, C*L)
                         x[:, c, i, j] = self._draw_channel(logits, c, draws)
                         img[:, c, i + k0, j + k0] = self.scale(x[:, c, i, j])
-        finally:
-            self.train(was_training)
         return x
 
     @staticmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pixelexp.models.base import AutoregressiveModel, Draws, OutputHead, run_layers
+from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
 from pixelexp.nn.masked import MaskedConv2d
 from pixelexp.nn.row_lstm import RowLSTM
 
@@ -70,14 +70,11 @@ class RowLSTMPixelRNN(AutoregressiveModel):
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-        draws = Draws.of(generator, self.sample_draws(), n, device)
-        was_training = self.training
-        self.eval()
         like = self.input.weight
         states = [(like.new_zeros(n, W, layer.hidden), like.new_zeros(n, W, layer.hidden))
                   for layer in self.layers]
         reach = self.input.kernel_size[0] // 2
-        try:
+        with self.sampling(generator, n, device) as draws:
             for i in range(H):
                 top = max(0, i - reach)
                 for j in range(W):
@@ -86,6 +83,4 @@ class RowLSTMPixelRNN(AutoregressiveModel):
                         logits = self.head(feats)[:, :, 0, j]  # (n, C) or (n, C*L)
                         x[:, c, i, j] = self._draw_channel(logits, c, draws)
                 _, states = self._row(x[:, :, top:i + 1], states)  # the finished row's states
-        finally:
-            self.train(was_training)
         return x
