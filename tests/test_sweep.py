@@ -103,7 +103,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(env, tmp_path):
     try:
         deadline = time.time() + 180
         study = None  # opened once: opening a SQLite study on every poll takes locks the sweep needs
-        while time.time() < deadline:  # wait until the second trial is running
+        while time.time() < deadline:  # wait until the second trial is running and tracked
             time.sleep(0.5)
             assert proc.poll() is None, f"the sweep ended early: {(tmp_path / 'sweep.log').read_text()[-1500:]}"
             if (tmp_path / "optuna.db").exists():
@@ -113,7 +113,9 @@ def test_a_killed_sweep_resumes_where_it_stopped(env, tmp_path):
                     ts = study.get_trials()
                 except Exception:  # noqa: BLE001 - the study may not exist yet
                     continue
-                if any(t.state == States.RUNNING and t.number == 1 for t in ts):
+                # RUNNING in the study comes a moment before its MLflow run exists: wait for both
+                if any(t.state == States.RUNNING and t.number == 1 and "mlflow_run_id" in t.user_attrs
+                       for t in ts):
                     break
                 assert not any(t.number == 1 and t.state.is_finished() for t in ts), "missed trial 1"
         else:
