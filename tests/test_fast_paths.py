@@ -66,6 +66,21 @@ def test_the_hand_written_scan_backward_is_the_derivative(device):
     assert torch.autograd.gradcheck(lambda g, w: (diagonal_scan(g, w, H) * weights).sum(), (x_gates, w_state))
 
 
+@pytest.mark.parametrize("rows,chunk,blocks", [(12, 3, 4), (12, 5, 2), (7, 2, 1), (6, 1024, 1)])
+def test_the_state_weight_gradient_in_blocks_of_rows_is_the_full_sum(rows, chunk, blocks):
+    """sum over (step, row) of z^T dg, however the rows are cut into blocks."""
+    from pixelexp.nn import scan
+    torch.manual_seed(0)
+    zs, dg = torch.randn(2, 5, rows, 6, dtype=torch.float64), torch.randn(2, 5, rows, 12, dtype=torch.float64)
+    calls = []
+    bmm = torch.bmm
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "bmm", lambda a, b: calls.append(a.shape[0]) or bmm(a, b))
+        got = scan.state_weight_grad(zs, dg, chunk)
+    assert calls == [2 * 5 * blocks]
+    assert torch.allclose(got, torch.einsum("dprk,dprg->dkg", zs, dg), rtol=1e-12, atol=1e-12)
+
+
 def test_the_skew_gathers_are_the_skew_and_unskew():
     """diagonal_indices reads what nn.shifts.skew / unskew move, both directions."""
     from pixelexp.nn.scan import diagonal_indices
@@ -202,19 +217,23 @@ def test_cached_conditional_gated_sampler_draws_the_naive_samplers_images():
 
 
 def test_the_sampler_check_can_fail():
-    """A cached sampler that forgets the row above (in the kept image and maps) draws other images."""
+    """A cached sampler that forgets the rows above (or the residual) draws other images."""
     torch.manual_seed(0)
     model = build_model("pixel_cnn", image_shape=(1, 8, 8), levels=2, hidden_dims=12, recurrent_length=3)
     naive = model.naive_sample(6, generator=torch.Generator().manual_seed(1))
-    at = model._at
+    assert torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive)
+    row_above, split = model._row_above, model._split_kernels
 
-    def forgetful(img, maps, w0, ws, i, j, k0):
-        img[:, :, i + k0 - 1] = 0  # the row above, as the kernel windows see it
-        for m in maps:
-            m[:, :, i] = 0
-        return at(img, maps, w0, ws, i, j, k0)
-    model._at = forgetful
-    assert not torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive)
+    def forgetful(img, maps, w_in, i):  # the rows above as zeros: only the biases are left
+        return row_above(torch.zeros_like(img), [torch.zeros_like(m) for m in maps], w_in, i)
+
+    def no_residual():
+        w_in, w_cur = split()
+        return w_in, [w_cur[0]] + [torch.cat([w[: 3 * 12], 0 * w[3 * 12:]]) for w in w_cur[1:]]  # x at o: 0
+    for name, broken in (("_row_above", forgetful), ("_split_kernels", no_residual)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(model, name, broken)
+            assert not torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive), name
 
 
 # ---------------------------------------------------------------- training switches

@@ -115,6 +115,12 @@ class AutoregressiveModel(nn.Module):
         x = x.to(self.head.logits.weight.dtype)
         return x if self.levels == 2 else x * (2.0 / (self.levels - 1)) - 1.0
 
+    def unscale(self, v: torch.Tensor) -> torch.Tensor:
+        """The inverse of `scale`: floats -> integers in [0, L)."""
+        if self.levels == 2:
+            return v.round().long()
+        return ((v + 1.0) * ((self.levels - 1) / 2.0)).round().long()
+
     def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) ints -> (B, C, H, W) Bernoulli logits or (B, C, L, H, W)."""
         B, C, H, W = x.shape

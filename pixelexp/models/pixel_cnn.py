@@ -53,58 +53,98 @@ class PixelCNN(AutoregressiveModel):
     def sample(self, n: int | None = None, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Cached generation (Ramachandran et al., 2017, Fast Generation for Convolutional
-        Autoregressive Models): every layer's map is kept for the positions already
-        generated, and a new subpixel computes each layer at its own position only, from
-        the window its kernel reads in the layer below:
+        Autoregressive Models): every layer's input map is kept for the positions already
+        generated, and a new subpixel computes each layer at its own position only. A
+        3x3 mask-B kernel at o reads two rows of the layer below:
 
-            layer k-1 map (kept)     window of a 3x3 mask-B kernel at o (its lower row
-              . . . . . .            is masked out, so only rows i-1 and i are read):
-              . x x x . .
-              . x o . . .            o is computed in this step, x were kept
+              . . . . . .            row i-1 (a): final once row i-1 is done, so its part
+              . a a a . .            of every position of row i is one convolution per
+              . b o . . .            layer and row (`_row_above`)
+                                     row i (b, o): per subpixel, one matrix product
 
-        O(layers) small matrix products per subpixel instead of a forward pass over the
-        image. A subpixel's value only changes later positions, so after the last channel
-        of (i, j) is drawn the kept values at (i, j) are final. Same draws as
-        `naive_sample` for the same generator (tested)."""
+        The kept maps hold [relu(x) | x] per position, so the per-subpixel product also
+        adds the residual (an identity block on x at o), and writes its output straight
+        into the next layer's map: two small operations per layer and subpixel, where a
+        forward pass over the image would cost the whole image. A subpixel's value only
+        changes later positions, so after the last channel of (i, j) is drawn the kept
+        values at (i, j) are final. Same draws as `naive_sample` for the same generator
+        (tested)."""
         self._check_labels(labels, n)
-        C, H, W = self.image_shape
         device = device or next(self.parameters()).device
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-        k0 = self.input.kernel_size[0] // 2  # 3 for the 7x7 input layer
+        with torch.autocast(torch.device(device).type, enabled=False):
+            return self._sample(n, device, generator)
+
+    def _sample(self, n: int, device, generator) -> torch.Tensor:
+        C, H, W = self.image_shape
+        k = self.input.kernel_size[0] // 2  # 3 for the 7x7 input layer
+        hd, L = self.input.out_channels, len(self.layers)
         like = self.input.weight
-        img = like.new_zeros(n, C, H + k0, W + 2 * k0)  # scaled image, zero padding above and beside
-        maps = [like.new_zeros(n, self.input.out_channels, H + 1, W + 2) for _ in range(len(self.layers))]
-        # Each kernel's rows from the top to its centre row, flattened: (out, in * rows * cols).
-        w0 = self._upper(self.input)
-        ws = [self._upper(block.conv) for block in self.layers]
+        img = like.new_zeros(n, H + k, W + 2 * k, C)  # scaled image, channels last, zero padding above and beside
+        # maps[l] (n, H+1, W+2, 2h): layer l's input [relu(x) | x] (maps[L]: the stack's output),
+        # zero padding above and beside (relu(0) = 0: the padding a convolution of relu(x) sees).
+        maps = [like.new_zeros(n, H + 1, W + 2, 2 * hd) for _ in range(L + 1)]
+        w_in, w_cur = self._split_kernels()
+        head = [self._matrix(c) for c in (*self.head.hidden, self.head.logits)]  # (weight (out, in), bias)
         with self.sampling(generator, n, device) as draws:
             for i in range(H):
+                above = self._row_above(img, maps, w_in, i)  # L+1 x (W, n, h)
                 for j in range(W):
                     for c in range(C):
-                        logits = self._at(img, maps, w0, ws, i, j, k0)  # (n, C) or (n, C*L)
-                        x[:, c, i, j] = self._draw_channel(logits, c, draws)
-                        img[:, c, i + k0, j + k0] = self.scale(x[:, c, i, j])
-        return x
+                        v = self._draw_channel(self._at(img, maps, above, w_cur, head, i, j), c, draws)  # (n,)
+                        img[:, i + k, j + k, c] = v if self.levels == 2 else self.scale(v)  # {0, 1}: cast in the copy
+        return self.unscale(img[:, k:, k: k + W].permute(0, 3, 1, 2)).contiguous()  # (n, C, H, W) ints
+
+    def _at(self, img, maps, above, w_cur, head, i: int, j: int) -> torch.Tensor:
+        """Every layer at (i, j) from the kept maps, writing (i, j) of each -> the head's
+        logits there (n, C) or (n, C*L)."""
+        hd, L, k = self.input.out_channels, len(self.layers), self.input.kernel_size[0] // 2
+        # the 7x7 mask-A layer: (n, (k+1) cols x C) of row i @ ((k+1)C, h), into layer 0's map
+        torch.addmm(above[0][j], img[:, i + k, j: j + k + 1].flatten(1), w_cur[0], out=maps[0][:, i + 1, j + 1, hd:])
+        for l in range(L):
+            torch.clamp(maps[l][:, i + 1, j + 1, hd:], min=0, out=maps[l][:, i + 1, j + 1, :hd])  # relu(x) at o
+            # (n, 2 positions x [relu(x) | x]) @ (4h, h): row i's part of the kernel [+ the residual]
+            torch.addmm(above[l + 1][j], maps[l][:, i + 1, j: j + 2].flatten(1), w_cur[l + 1],
+                        out=maps[l + 1][:, i + 1, j + 1, hd:])
+        if self.use_skip and L:  # the sum of all layers' outputs feeds the head
+            feats = torch.stack([m[:, i + 1, j + 1, hd:] for m in maps[1:]]).sum(0)
+        else:
+            feats = maps[L][:, i + 1, j + 1, hd:]  # (n, h)
+        for w, b in head:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
+            feats = torch.addmm(b, F.relu(feats), w.T)
+        return feats
 
     @staticmethod
-    def _upper(conv: MaskedConv2d) -> torch.Tensor:
-        cy = conv.kernel_size[0] // 2
-        return (conv.weight * conv.mask)[:, :, : cy + 1].flatten(1)
+    def _matrix(conv: MaskedConv2d) -> tuple[torch.Tensor, torch.Tensor]:
+        return (conv.weight * conv.mask)[:, :, 0, 0], conv.bias
 
-    def _at(self, img, maps, w0, ws, i: int, j: int, k0: int) -> torch.Tensor:
-        """Every layer at position (i, j), from the kept maps; writes (i, j) of each map."""
-        window = img[:, :, i: i + k0 + 1, j: j + 2 * k0 + 1]  # rows i-k0..i, cols j-k0..j+k0
-        a = torch.addmm(self.input.bias, window.flatten(1), w0.T)  # (n, h): the 7x7 mask-A layer
-        total = 0
-        for block, w, m in zip(self.layers, ws, maps):
-            m[:, :, i + 1, j + 1] = a  # this layer's input at (i, j)
-            win = F.relu(m[:, :, i: i + 2, j: j + 3])  # rows i-1..i, cols j-1..j+1
-            y = torch.addmm(block.conv.bias, win.flatten(1), w.T)
-            a = a + y if block.use_residual else y
-            if self.use_skip:  # the sum of all layers' outputs feeds the head
-                total = total + a
-        feats = total if self.use_skip and len(self.layers) else a
-        return self.head(feats[:, :, None, None])[:, :, 0, 0]
+    def _split_kernels(self):
+        """The masked kernels cut into their rows above the centre (convolutions over a
+        finished row, (out, in, rows, cols)) and their centre row as a matrix on the
+        kept map's channels-last window ((window, out), for addmm)."""
+        hd, k = self.input.out_channels, self.input.kernel_size[0] // 2
+        w0 = self.input.weight * self.input.mask  # (h, C, 7, 7)
+        w_in = [(w0[:, :, :k], self.input.bias)]
+        w_cur = [w0[:, :, k, : k + 1].permute(2, 1, 0).flatten(0, 1)]  # cols j-k..j x C -> (4C, h)
+        for block in self.layers:
+            w = block.conv.weight * block.conv.mask  # (h, h, 3, 3)
+            w_in.append((w[:, :, :1], block.conv.bias))
+            cur = w.new_zeros(2, 2 * hd, hd)  # positions (j-1, j) x channels [relu(x) | x] -> out
+            cur[:, :hd] = w[:, :, 1, :2].permute(2, 1, 0)
+            if block.use_residual:
+                cur[1, hd:] = torch.eye(hd, dtype=w.dtype, device=w.device)
+            w_cur.append(cur.flatten(0, 1))  # (4h, h)
+        return w_in, w_cur
+
+    def _row_above(self, img, maps, w_in, i: int) -> list[torch.Tensor]:
+        """Per layer, the part of its output at every position of row i that comes from the
+        rows above (final now), bias included: L+1 tensors (W, n, h)."""
+        k = self.input.kernel_size[0] // 2
+        rows = [img[:, i: i + k]] + [m[:, i: i + 1, :, : m.shape[-1] // 2] for m in maps[:-1]]
+        out = []
+        for r, (w, b) in zip(rows, w_in):  # r: (n, rows, cols, channels)
+            y = F.conv2d(r.permute(0, 3, 1, 2), w, b)  # (n, h, 1, W)
+            out.append(y[:, :, 0].permute(2, 0, 1).contiguous())  # (W, n, h)
+        return out
 
 
 class MaskedConvBlock(nn.Module):

@@ -16,7 +16,7 @@ added to the input gates (the second direction rides along as the leading dimens
     gates_t = x_gates_t + z_t @ [w_left ; w_above]                     (2, B*H, 4h)
 
 The z_t are kept for the backward pass, so dW_state = sum_t z_t^T dgates_t is one
-batched product over all steps and a sum; the gate gradients go back as they are.
+batched product over (step, block of rows) and a sum; the gate gradients go back as they are.
 The LSTM equations (gates in the order i, f, o, g):
 
     i, f, o = sigmoid(.), g = tanh(.)     c_t = f c_{t-1} + i g     h_t = o tanh(c_t)
@@ -208,13 +208,21 @@ def _backward(ctx, d_table):
         if t > 0:
             dz = torch.bmm(dg, w_state_t)  # (2, B*H, 2h): into the previous step's state inputs
     dg = torch.stack(dgs, dim=1)  # (2, P, B*H, 4h): every step's gate gradients = d x_gates
-    # The state weights' gradient, sum_t z_t^T dg_t: one batched matmul over (direction,
-    # step), then a sum over steps. (As a single (2h x P*B*H) @ (P*B*H x 4h) product per
-    # direction the reduction is ~400k long at batch 256, and a GPU runs a batch of two
-    # such products on two thread blocks.)
-    zs = torch.stack(zss, dim=1).view(2 * P, BH, 2 * hd)
-    d_w_state = torch.bmm(zs.transpose(1, 2), dg.view(2 * P, BH, 4 * hd)).view(2, P, 2 * hd, 4 * hd).sum(1)
-    return dg, d_w_state
+    zs = torch.stack(zss, dim=1)  # (2, P, B*H, 2h)
+    return dg, state_weight_grad(zs, dg)
+
+
+def state_weight_grad(zs: torch.Tensor, dg: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """sum over steps and rows of z^T dg: zs (2, P, R, 2h), dg (2, P, R, 4h) -> (2, 2h, 4h).
+
+    As one (2h x P*R) @ (P*R x 4h) product per direction the reduction is ~400k long at
+    batch 256, and a GPU gives each of the two small outputs one thread block. Cut into
+    (direction, step, block of ~`chunk` rows) products, it is hundreds of short
+    reductions run side by side, then one sum."""
+    _, P, R, k = zs.shape
+    s = max((d for d in range(1, R // chunk + 1) if R % d == 0), default=1)  # blocks per step
+    parts = torch.bmm(zs.reshape(2 * P * s, R // s, k).transpose(1, 2), dg.reshape(2 * P * s, R // s, -1))
+    return parts.view(2, P * s, k, -1).sum(1)
 
 
 def diagonal_scan(x_gates: torch.Tensor, w_state: torch.Tensor, H: int, kernels=EAGER) -> torch.Tensor:
@@ -224,4 +232,4 @@ def diagonal_scan(x_gates: torch.Tensor, w_state: torch.Tensor, H: int, kernels=
     return DiagonalScan.apply(x_gates, w_state, H, kernels)
 
 
-__all__ = ["diagonal_scan", "diagonal_indices", "gather_rows", "DiagonalScan", "cell_forward", "cell_backward", "EAGER"]
+__all__ = ["diagonal_scan", "state_weight_grad", "diagonal_indices", "gather_rows", "DiagonalScan", "cell_forward", "cell_backward", "EAGER"]
