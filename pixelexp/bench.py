@@ -9,7 +9,8 @@ For each model (pixel_cnn, pixel_rnn, row_lstm, gated_pixel_cnn) at settings [1]
   train images/s    the trainer's step: forward + backward (`fast.GradStep`: a CUDA
                     graph replay where train.cuda_graphs is on), gradient norm and loss
                     read back, RMSprop step
-  eval images/s     log-likelihood without gradients
+  eval images/s     the trainer's evaluation step: log-likelihood without gradients
+                    (`fast.EvalStep`: a CUDA graph replay likewise)
   sample images/s   the model's fast sampler (`fast.sample`: on a GPU replayed as a CUDA
                     graph, timed after the capturing first call, which is reported too),
                     and the naive one (--sample-n images; default 100 on a GPU, 16 on a
@@ -126,6 +127,7 @@ class Trainable:
         self.paths = fast.PLAIN if plain else fast.resolve(case.precision, compile_, "auto", device, graphs)
         self.net = fast.apply(self.model, self.model, self.paths)
         self.grad_step = fast.GradStep(self.net, self.model, self.paths, device)
+        self.nats = fast.EvalStep(self.model, self.paths, device)
         self.opt = torch.optim.RMSprop(self.model.parameters(), lr=1e-4)
         self.x = torch.randint(0, levels, (case.batch, *shape), device=device)
         self.device = device
@@ -139,10 +141,9 @@ class Trainable:
         nats.sum().item()
         self.opt.step()
 
-    @torch.no_grad()
     def eval_step(self) -> None:
-        with fast.autocast(self.paths, self.device):
-            self.model.log_prob(self.x).float().sum().item()
+        """What the trainer's evaluation does per batch (`fast.EvalStep`)."""
+        self.nats(self.x, None).sum().item()
 
 
 def naive_sample_rate(model, n: int, device, rows: int | None) -> float:

@@ -8,7 +8,8 @@
                                               backward of a full batch replayed as one CUDA graph
                                               (the recurrent models launch thousands of small
                                               kernels per step; a graph launches them at once),
-                                              and each epoch's sample grid replayed likewise
+                                              and so are the evaluation's full batches and
+                                              each epoch's sample grid
     model.impl           fast | plain         the recurrent layers' fast scans, or the plain loops
 
 Compilation covers the whole network for the convolutional models; for the recurrent
@@ -76,65 +77,117 @@ def on_side_stream(device: torch.device, fn) -> None:
     torch.cuda.current_stream(device).wait_stream(side)
 
 
-class GradStep:
-    """Forward and backward of one training batch: (x, labels or None, scale) -> the
-    batch's nats per image (b,), with d(scale * sum of nats)/d(parameter) in each .grad.
+class _GraphedStep:
+    """A per-batch function (x, labels or None, *args) -> a tensor, which with
+    `paths.graphs` runs batches of the first full shape as a CUDA graph: captured on
+    first use (after three warm-up passes on a side stream, which also compile), then
+    replayed with the batch copied into its static input. Other shapes (the last,
+    smaller batch) run eagerly. If capturing fails, a warning says so and every batch
+    runs eagerly. Subclasses give `eager`, what it computes."""
 
-    With `paths.graphs`, batches of the first full shape run as a CUDA graph: captured
-    on first use (after three warm-up passes on a side stream, which also compile), then
-    replayed with the batch copied into its static input. The graph's gradient buffers
-    are bound to the parameters' .grad again on every replay, so zero_grad(set_to_none)
-    between steps is harmless. Other shapes (the last, smaller batch) run eagerly. If
-    capturing fails, a warning says so and every batch runs eagerly.
-    """
+    what = "a step"
 
-    def __init__(self, net: nn.Module, model: nn.Module, paths: FastPaths, device: torch.device, warn=None):
-        self.net, self.model, self.paths, self.device = net, model, paths, device
+    def __init__(self, model: nn.Module, paths: FastPaths, device: torch.device, warn=None):
+        self.model, self.paths, self.device = model, paths, device
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
         self.graph = None
-        self.key = None  # (x shape, labels?, scale) of the captured batch
+        self.key = None  # (x shape, labels?, args) of the captured batch
         self.failed = not paths.graphs
 
-    def eager(self, x: torch.Tensor, y: torch.Tensor | None, scale: float, cache: bool = True) -> torch.Tensor:
+    def eager(self, x: torch.Tensor, y: torch.Tensor | None, *args, cache: bool = True) -> torch.Tensor:
+        raise NotImplementedError
+
+    def before(self) -> None:
+        """Before each eager run, warm-up and capture."""
+
+    def after_replay(self) -> None:
+        """After each replay."""
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None, *args) -> torch.Tensor:
+        key = (tuple(x.shape), y is not None, *args)
+        if not self.failed and self.graph is None:
+            self._capture(x, y, args, key)
+        if self.graph is None or key != self.key:
+            self.before()
+            return self.eager(x, y, *args)
+        self.static_x.copy_(x)
+        if y is not None:
+            self.static_y.copy_(y)
+        self.graph.replay()
+        self.after_replay()
+        return self.static_out
+
+    def _capture(self, x, y, args, key) -> None:
+        try:
+            self.static_x = x.clone()
+            self.static_y = None if y is None else y.clone()
+            for _ in range(3):  # warm-up: compile, autotune, fill the allocator
+                self.before()
+                on_side_stream(self.device, lambda: self.eager(self.static_x, self.static_y, *args, cache=False))
+            self.before()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_out = self.eager(self.static_x, self.static_y, *args, cache=False)
+            self.captured()
+            self.graph, self.key = graph, key
+        except Exception as e:  # noqa: BLE001 - any capture failure: warn, run eagerly
+            self.failed, self.graph = True, None
+            self.before()
+            self.warn(f"warning: CUDA graph capture of {self.what} failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:160]}); it runs without graphs (set train.cuda_graphs=off "
+                      f"to skip the attempt)")
+
+    def captured(self) -> None:
+        """Right after a successful capture."""
+
+
+class GradStep(_GraphedStep):
+    """Forward and backward of one training batch: (x, labels or None, scale) -> the
+    batch's nats per image (b,), with d(scale * sum of nats)/d(parameter) in each .grad.
+    `net` is what is called (the model, or its DDP / compiled wrapper). The graph's
+    gradient buffers are bound to the parameters' .grad again on every replay, so
+    zero_grad(set_to_none) between steps is harmless."""
+
+    what = "the training step"
+
+    def __init__(self, net: nn.Module, model: nn.Module, paths: FastPaths, device: torch.device, warn=None):
+        super().__init__(model, paths, device, warn)
+        self.net = net
+
+    def eager(self, x, y, scale: float, cache: bool = True) -> torch.Tensor:
         with autocast(self.paths, self.device, cache):
             nats = -self.net(x, y).float().sum(dim=(1, 2, 3))  # (b,) nats per image
         (nats.sum() * scale).backward()
         return nats.detach()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None, scale: float) -> torch.Tensor:
-        key = (tuple(x.shape), y is not None, scale)
-        if not self.failed and self.graph is None:
-            self._capture(x, y, scale, key)
-        if self.graph is None or key != self.key:
-            self.model.zero_grad(set_to_none=True)
-            return self.eager(x, y, scale)
-        self.static_x.copy_(x)
-        if y is not None:
-            self.static_y.copy_(y)
-        self.graph.replay()
+    def before(self) -> None:
+        self.model.zero_grad(set_to_none=True)  # the graph allocates the .grad it writes
+
+    def captured(self) -> None:
+        self.params = [p for p in self.model.parameters() if p.grad is not None]
+        self.grads = [p.grad for p in self.params]
+
+    def after_replay(self) -> None:
         for p, g in zip(self.params, self.grads):
             p.grad = g
-        return self.static_nats
 
-    def _capture(self, x, y, scale, key) -> None:
-        try:
-            self.static_x = x.clone()
-            self.static_y = None if y is None else y.clone()
-            for _ in range(3):  # warm-up: compile, autotune, fill the allocator
-                self.model.zero_grad(set_to_none=True)
-                on_side_stream(self.device, lambda: self.eager(self.static_x, self.static_y, scale, cache=False))
-            self.model.zero_grad(set_to_none=True)  # the graph allocates the .grad it writes
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.static_nats = self.eager(self.static_x, self.static_y, scale, cache=False)
-            self.params = [p for p in self.model.parameters() if p.grad is not None]
-            self.grads = [p.grad for p in self.params]
-            self.graph, self.key = graph, key
-        except Exception as e:  # noqa: BLE001 - any capture failure: warn, train eagerly
-            self.failed, self.graph = True, None
-            self.model.zero_grad(set_to_none=True)
-            self.warn(f"warning: CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                      f"training continues without graphs (set train.cuda_graphs=off to skip the attempt)")
+
+class EvalStep(_GraphedStep):
+    """Nats per image of one batch, without gradients: (x, labels or None) -> (b,). The
+    recurrent models' forward passes are thousands of small kernels whose launches set
+    the evaluation's speed on a GPU; replayed as a graph they cost what their arithmetic
+    costs. The caller puts the model in eval mode."""
+
+    what = "the evaluation step"
+
+    @torch.no_grad()
+    def eager(self, x, y, cache: bool = True) -> torch.Tensor:
+        with autocast(self.paths, self.device, cache):
+            return -self.model.log_prob(x, y).float().sum(dim=(1, 2, 3))
+
+    @torch.no_grad()
+    def _capture(self, x, y, args, key) -> None:
+        super()._capture(x, y, args, key)
 
 
 def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
@@ -259,4 +312,4 @@ class _Fallback:
         return getattr(self.__dict__["eager"], name)
 
 
-__all__ = ["FastPaths", "PLAIN", "resolve", "autocast", "apply", "GradStep", "sample"]
+__all__ = ["FastPaths", "PLAIN", "resolve", "autocast", "apply", "GradStep", "EvalStep", "sample"]

@@ -101,12 +101,6 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def nats_per_image(model: AutoregressiveModel, x: torch.Tensor,
-                   labels: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C, H, W) ints -> (B,) negative log-likelihood of each image in nats."""
-    return -model.log_prob(x, labels).sum(dim=(1, 2, 3))
-
-
 class _StopEval(Exception):
     pass
 
@@ -114,13 +108,15 @@ class _StopEval(Exception):
 @torch.no_grad()
 def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
              device: torch.device, labels: torch.Tensor | None = None, ctx: Dist = Dist(),
-             stop=lambda: False, paths: fast.FastPaths = fast.PLAIN) -> float:
+             stop=lambda: False, paths: fast.FastPaths = fast.PLAIN, step: fast.EvalStep | None = None) -> float:
     """Mean nats per image over a whole split (given its labels, for a conditional model);
     across ranks, each evaluates a slice and the sums are added. `stop()` is asked
-    between batches (a signal arrived): it abandons the evaluation."""
+    between batches (a signal arrived): it abandons the evaluation. `step` (the
+    trainer's, kept across epochs) may replay full batches as a CUDA graph."""
+    step = step or fast.EvalStep(model, paths, device)
     was_training = model.training
     model.eval()
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: one sync per split
     n = len(images)
     lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
     images = images[lo:hi]
@@ -131,10 +127,9 @@ def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
             raise _StopEval
         x = images[start:start + batch_size].to(device).long()
         y = labels[start:start + batch_size].to(device) if model.conditional else None
-        with fast.autocast(paths, device):
-            total += nats_per_image(model, x, y).float().sum().item()
+        total += step(x, y).sum()
     model.train(was_training)
-    (total,) = all_sum([total], ctx, device)
+    (total,) = all_sum([total.item()], ctx, device)
     return total / max(n, 1)
 
 
@@ -185,6 +180,7 @@ class Trainer:
         self.ckpt_dir, self.log, self.label, self.progress = ckpt_dir, log, label, progress
         self.paths = paths
         self.grad_step = fast.GradStep(net, model, paths, device)  # forward + backward, maybe as a CUDA graph
+        self.eval_step = fast.EvalStep(model, paths, device)  # the same for evaluation
         self.pos = Position()
         self.gen: torch.Generator | None = None  # the data generator of the epoch in progress
         self.last_checkpoint = time.monotonic()
@@ -309,9 +305,11 @@ class Trainer:
         # A signal abandons the evaluation (one process only: ranks evaluate different numbers of batches).
         stop = (lambda: False) if self.ctx.active else (lambda: signals.requested() is not None)  # noqa: E731
         try:
-            val = evaluate(self.model, data.val, bs, self.device, data.val_labels, self.ctx, stop, self.paths) \
+            val = evaluate(self.model, data.val, bs, self.device, data.val_labels, self.ctx, stop, self.paths,
+                           self.eval_step) \
                 if len(data.val) else float("nan")
-            test = evaluate(self.model, data.test, bs, self.device, data.test_labels, self.ctx, stop, self.paths)
+            test = evaluate(self.model, data.test, bs, self.device, data.test_labels, self.ctx, stop, self.paths,
+                            self.eval_step)
         except _StopEval:
             raise self.interrupt() from None
         nats, seen = all_sum([pos.nats, pos.seen], self.ctx, self.device)
