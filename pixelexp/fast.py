@@ -202,6 +202,7 @@ def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
     if not recurrent:
         return _Fallback(torch.compile(net), net, warn)
     compiled = {}  # one compiled function per eager one, shared by the layers (and one warning)
+    _allow_recompiles(64)
 
     def compile_(fn):
         if fn not in compiled:
@@ -213,6 +214,17 @@ def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
         if hasattr(type(m), "kernels"):  # Diagonal BiLSTM: the scan's forward and backward cell functions
             m.kernels = tuple(compile_(fn) for fn in type(m).kernels)
     return net
+
+
+def _allow_recompiles(n: int) -> None:
+    """The step functions compile with static shapes, once per (shape, dtype, grad mode):
+    a run has a handful (training, its last batch, evaluation, the sampler), a benchmark
+    many. Past dynamo's default limit (8 per function) a new one would run eagerly."""
+    import torch._dynamo.config as dynamo
+    for name in ("recompile_limit", "cache_size_limit"):  # the name in newer / older torch
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), n))
+            return
 
 
 class _SamplerGraph:

@@ -9,13 +9,15 @@
 # that a slow stage cannot cost the later ones everything; every bench stage writes its
 # JSON/Markdown after each case, so a stage cut short keeps what it measured.
 #   1. the CUDA equivalence tests (fast scan vs plain loop, gradcheck, cached samplers,
-#      CUDA graphs vs eager training, graph-replayed samplers vs eager, Triton scan);
+#      CUDA-graph training and evaluation vs eager, graph-replayed samplers vs eager,
+#      Triton scan);
 #   2. the targets: pixel_cnn and pixel_rnn, setting [1], 28x28, batch 256, fp32 and bf16,
 #      sampling 100 images (fast and naive);
-#   3. pixel_rnn with model.impl=triton (the Triton scan) at batches 256 and 1024; a
-#      profile of pixel_rnn's training step (scripts/profile_step.py); batches 16 and 1024; 4. row_lstm and gated_pixel_cnn; 5. setting [2], 32x32 RGB;
-#   6. bf16 vs fp32 test bits/dim of a short pixel_cnn training (scripts/bf16_check.py);
-#   7. which switch buys what for pixel_rnn at batch 256 (compile / CUDA graphs).
+#   3. pixel_rnn with model.impl=triton (the Triton scan) at batches 256 and 1024;
+#   4. a profile of pixel_rnn's training step (scripts/profile_step.py);
+#   5. batches 16 and 1024; 6. row_lstm and gated_pixel_cnn; 7. setting [2], 32x32 RGB;
+#   8. bf16 vs fp32 test bits/dim of a short pixel_cnn training (scripts/bf16_check.py);
+#   9. which switch buys what for pixel_rnn at batch 256 (compile / CUDA graphs).
 # All of $OUT also lands in $OUT/device-check.tgz.
 # Copy $OUT/bench-* into reports/bench/ and quote them in the note.
 set -u
