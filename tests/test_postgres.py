@@ -104,8 +104,8 @@ def test_a_killed_worker_is_found_by_its_heartbeat_and_its_trial_retried(postgre
                 running = study.get_trials(states=(States.RUNNING,))
             except Exception:  # noqa: BLE001 - study not created yet
                 continue
-            for t in running:
-                if "pixelexp_worker" in t.user_attrs:
+            for t in running:  # killed once it has its parameters and its MLflow run (they come last)
+                if "pixelexp_worker" in t.user_attrs and "mlflow_run_id" in t.user_attrs:
                     victim = t
                     break
         assert victim is not None, "no trial started"

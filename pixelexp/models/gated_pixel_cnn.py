@@ -127,67 +127,101 @@ class GatedPixelCNN(AutoregressiveModel):
     def sample(self, n: int | None = None, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Cached generation (as in Ramachandran et al., 2017): the vertical stack runs once
-        per finished row (one output row per layer, from the kept rows above it); the
-        horizontal stack runs per subpixel at that position only, from the kept row to
-        its left and the vertical stack's row above. Same draws as `naive_sample` for the
-        same generator (tested)."""
-        C, H, W = self.image_shape
+        per finished row (one output row per layer, from the kept rows above it), and so
+        does everything the horizontal stack adds from it (the link, the biases, the label
+        embedding). Per subpixel, each layer of the horizontal stack is four small
+        operations at that position only, on its kept row (channels last, so the window
+        to its left is a view):
+
+            pre = row bias + window @ W_h            (n, 2F): [-2a | b]
+            s   = sigmoid(pre)
+            g   = s_b - 2 s_a s_b                    = sigmoid(b) tanh(a): tanh(a) = 1 - 2 sigmoid(-2a)
+            out = [residual +] [g | 1] @ [W_out ; bias], written into the next layer's row
+
+        Same draws as `naive_sample` for the same generator (tested)."""
         device = device or next(self.parameters()).device
         if labels is not None:
             labels = labels.to(device).long()
             n = len(labels) if n is None else n
         self._check_labels(labels, n)
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        with torch.autocast(torch.device(device).type, enabled=False):
+            return self._sample(n, device, generator, labels)
+
+    def _sample(self, n: int, device, generator, labels) -> torch.Tensor:
+        C, H, W = self.image_shape
         like = self.head.logits.weight
+        F_ = self.layers[0].out.out_channels
         pads = [layer.vertical.k // 2 for layer in self.layers]
-        ins = [C] + [layer.out.out_channels for layer in self.layers[:-1]]
+        ins = [C] + [F_] * (len(self.layers) - 1)
+        img = like.new_zeros(n, C, H, W)  # the drawn image, scaled
         # Kept maps, zero-padded as the convolutions pad: vertical inputs (p rows above, p
-        # columns each side) and horizontal inputs of the current row (p columns on the left).
+        # columns each side) and horizontal inputs of the current row, channels last (p
+        # columns on the left); the last layer's output goes to `feats`.
         vmaps = [like.new_zeros(n, c, H + p, W + 2 * p) for c, p in zip(ins, pads)]
-        hrows = [like.new_zeros(n, c, W + p) for c, p in zip(ins, pads)]
-        emb = [layer.embed(labels) if layer.embed is not None else 0 for layer in self.layers]  # (n, 2F)
-        # link(down-shifted vertical) for the current row: row 0 sees the link's bias only.
-        links = [layer.link.bias.expand(n, W, -1) for layer in self.layers]  # (n, W, 2F)
-        wv = [layer.vertical.weight for layer in self.layers]
-        wh = [(layer.horizontal.weight * layer.horizontal.mask)[:, :, 0, : p + 1].flatten(1)
-              for layer, p in zip(self.layers, pads)]
+        hrows = [like.new_zeros(n, W + p, c) for c, p in zip(ins, pads)]
+        feats = like.new_zeros(n, F_)
+        gbuf = [torch.cat([like.new_zeros(n, F_), like.new_ones(n, 1)], 1) for _ in self.layers]  # [g | 1]
+        sc = torch.cat([like.new_full((F_,), -2.0), like.new_ones(F_)])  # [a | b] -> [-2a | b]
+        emb = [layer.embed(labels) if layer.embed is not None else None for layer in self.layers]  # (n, 2F)
+        wh = [(layer.horizontal.weight * layer.horizontal.mask)[:, :, 0, : p + 1].permute(2, 1, 0).flatten(0, 1) * sc
+              for layer, p in zip(self.layers, pads)]  # ((p+1) c_in, 2F): window (cols j-p..j x channels)
+        wout = [torch.cat([(layer.out.weight * layer.out.mask)[:, :, 0, 0].T, layer.out.bias[None]])
+                for layer in self.layers]  # (F+1, F)
+        links = [layer.link.bias.view(1, -1, 1).expand(n, -1, W) for layer in self.layers]  # row 0: the bias only
+        head = [((c.weight * c.mask)[:, :, 0, 0], c.bias) for c in (*self.head.hidden, self.head.logits)]
         with self.sampling(generator, n, device) as draws:
             for i in range(H):
+                rowb = [self._row_bias(link, layer, e, sc) for link, layer, e in zip(links, self.layers, emb)]
                 for j in range(W):
                     for c in range(C):
-                        feats = self._h_at(hrows, links, emb, wh, pads, j)
-                        logits = self.head(feats[:, :, None, None])[:, :, 0, 0]  # (n, C) or (n, C*L)
-                        x[:, c, i, j] = self._draw_channel(logits, c, draws)
-                        hrows[0][:, c, j + pads[0]] = self.scale(x[:, c, i, j])
-                self._finish_row(x, i, vmaps, hrows, links, emb, wv, pads)
+                        logits = self._h_at(hrows, rowb, gbuf, wh, wout, feats, head, pads, j)  # (n, C) or (n, C*L)
+                        v = self._draw_channel(logits, c, draws)  # (n,) ints
+                        hrows[0][:, j + pads[0], c] = v if self.levels == 2 else self.scale(v)
+                links = self._finish_row(img, i, vmaps, hrows, emb, pads)
+        return self.unscale(img)
+
+    @staticmethod
+    def _row_bias(link: torch.Tensor, layer: "GatedLayer", emb: torch.Tensor | None, sc: torch.Tensor):
+        """What the horizontal stack's gates get at each position of a row besides its own
+        input: link(vertical, rows above) (n, 2F, W) + its bias [+ the label's embedding],
+        scaled to [-2a | b] -> (W, n, 2F)."""
+        b = link + layer.horizontal.bias[:, None] + (0 if emb is None else emb[:, :, None])
+        return (b * sc[:, None]).permute(2, 0, 1).contiguous()
+
+    def _h_at(self, hrows, rowb, gbuf, wh, wout, feats, head, pads, j: int) -> torch.Tensor:
+        """The horizontal stack at (i, j) of the current row, each layer's output written
+        into the next layer's row (the last one's into `feats`) -> the head's logits."""
+        F_, L = feats.shape[1], len(self.layers)
+        for l, (layer, p) in enumerate(zip(self.layers, pads)):
+            window = hrows[l][:, j: j + p + 1].flatten(1)  # (n, (p+1) c_in): columns j-p .. j
+            s = torch.sigmoid(torch.addmm(rowb[l][j], window, wh[l]))  # (n, 2F): [sigmoid(-2a) | sigmoid(b)]
+            torch.addcmul(s[:, F_:], s[:, :F_], s[:, F_:], value=-2.0, out=gbuf[l][:, :F_])  # tanh(a) sigmoid(b)
+            dest = hrows[l + 1][:, j + pads[l + 1]] if l + 1 < L else feats  # (n, F)
+            if layer.residual:
+                torch.addmm(hrows[l][:, j + p], gbuf[l], wout[l], out=dest)
+            else:
+                torch.mm(gbuf[l], wout[l], out=dest)
+        if self.use_skip:  # the sum of every layer's horizontal output feeds the head
+            x = torch.stack([hrows[l][:, j + pads[l]] for l in range(1, L)] + [feats]).sum(0)
+        else:
+            x = feats
+        for w, b in head:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
+            x = torch.addmm(b, F.relu(x), w.T)
         return x
 
-    def _h_at(self, hrows, links, emb, wh, pads, j: int) -> torch.Tensor:
-        """The horizontal stack at (i, j) of the current row -> features (n, F); keeps each
-        layer's output at j in the next layer's row."""
-        total = 0
-        h = None
-        for l, (layer, p) in enumerate(zip(self.layers, pads)):
-            window = hrows[l][:, :, j: j + p + 1]  # columns j-p .. j
-            pre = torch.addmm(layer.horizontal.bias, window.flatten(1), wh[l].T) + links[l][:, j] + emb[l]
-            out = layer.out(gate(pre[:, :, None, None]))[:, :, 0, 0]  # (n, F)
-            h = hrows[l][:, :, j + p] + out if layer.residual else out
-            if l + 1 < len(self.layers):
-                hrows[l + 1][:, :, j + pads[l + 1]] = h
-            total = total + h
-        return total if self.use_skip else h
-
-    def _finish_row(self, x, i: int, vmaps, hrows, links, emb, wv, pads) -> None:
-        """Row i is drawn: run the vertical stack on it (one row per layer), keep
-        link(vertical) for row i + 1, and start the next row's horizontal inputs."""
-        v_row = self.scale(x[:, :, i])  # (n, C, W): layer 0's vertical input
-        for l, (layer, p) in enumerate(zip(self.layers, pads)):
-            vmaps[l][:, :, i + p, p: p + v_row.shape[-1]] = v_row
-            window = vmaps[l][:, :, i: i + p + 1]  # rows i-p .. i, padded columns
-            pre = F.conv2d(window, wv[l], layer.vertical.bias)[:, :, 0]  # (n, 2F, W)
-            links[l] = layer.link(pre[:, :, None])[:, :, 0].transpose(1, 2)  # (n, W, 2F), for row i+1
-            pre = pre + (emb[l][:, :, None] if torch.is_tensor(emb[l]) else 0)
-            v_row = gate(pre)
+    def _finish_row(self, img, i: int, vmaps, hrows, emb, pads) -> list[torch.Tensor]:
+        """Row i is drawn: keep it, run the vertical stack on it (one row per layer), start
+        the next row's horizontal inputs -> link(vertical) of each layer for row i + 1,
+        (n, 2F, W)."""
+        W = img.shape[-1]
+        img[:, :, i] = hrows[0][:, pads[0]:].transpose(1, 2)
+        v_row = img[:, :, i]  # (n, C, W): layer 0's vertical input
+        links = []
+        for layer, p, vmap, e in zip(self.layers, pads, vmaps, emb):
+            vmap[:, :, i + p, p: p + W] = v_row
+            pre = F.conv2d(vmap[:, :, i: i + p + 1], layer.vertical.weight, layer.vertical.bias)[:, :, 0]  # (n, 2F, W)
+            links.append(layer.link(pre[:, :, None])[:, :, 0])
+            v_row = gate(pre + (0 if e is None else e[:, :, None]))
         for r in hrows:
             r.zero_()
-
+        return links
