@@ -81,6 +81,24 @@ def test_the_state_weight_gradient_in_blocks_of_rows_is_the_full_sum(rows, chunk
     assert torch.allclose(got, torch.einsum("dprk,dprg->dkg", zs, dg), rtol=1e-12, atol=1e-12)
 
 
+def test_the_scan_cell_functions_compile_whole_and_match_eager():
+    """What train.compile compiles for the Diagonal BiLSTM (on a GPU, one kernel per diagonal
+    and pass): each cell function is one graph (fullgraph: no graph break, which would split
+    it into several kernels) and computes what the eager one does."""
+    from pixelexp.nn.scan import cell_backward, cell_forward
+    torch.manual_seed(0)
+    B, H, hd = 3, 5, 16
+    g, c = torch.randn(2, B * H, 4 * hd), torch.randn(2, B * H, hd)
+    grads = torch.randn(2, B * H, hd), torch.randn(2, B * H, 2 * hd), torch.randn(2, B * H, hd)
+    torch._dynamo.reset()
+    compiled = [torch.compile(f, dynamic=False, fullgraph=True) for f in (cell_forward, cell_backward)]
+    fwd = [cell_forward(g, c, H), compiled[0](g, c, H)]
+    bwd = [f(*grads, out[2], c, out[3], H) for f, out in zip((cell_backward, compiled[1]), fwd)]
+    for eager, comp in (fwd, bwd):
+        for e, k in zip(eager, comp):
+            assert torch.allclose(e, k, rtol=1e-5, atol=1e-6), (e - k).abs().max()
+
+
 def test_the_skew_gathers_are_the_skew_and_unskew():
     """diagonal_indices reads what nn.shifts.skew / unskew move, both directions."""
     from pixelexp.nn.scan import diagonal_indices
