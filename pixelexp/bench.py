@@ -17,10 +17,12 @@ For each model (pixel_cnn, pixel_rnn, row_lstm, gated_pixel_cnn) at settings [1]
                     CPU, 8 with --quick) (the whole image through the model for every
                     subpixel; on CPUs timed on the first rows and scaled to the image,
                     since every step costs the same)
-  peak memory       CUDA: max allocated in that case; CPU: the process's peak resident
-                    memory so far (it only grows through the run)
+  peak memory       CUDA: max allocated by each version in that case (the fast one's
+                    graphs freed before the plain one runs); CPU: the process's peak
+                    resident memory so far (it only grows through the run: no ratio)
   FLOP/s            FLOPs of one training step (torch's FlopCounterMode) / its time,
-                    against the device's peak (a large matmul measured in the same run)
+                    against the device's peak (a large matmul measured in the same run);
+                    the fast scans also compute the skew's padding, so their FLOPs differ
 
 beside the plain version of the same model (model.impl=plain, fp32, eager) and as a
 ratio to it. Timers are device-synchronized; warm-up steps are not timed; figures are
@@ -30,6 +32,7 @@ fp32 only (on a GPU batch 16 only). Results: reports/bench/<device>.json and .md
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import platform
@@ -99,14 +102,25 @@ def peak_flops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
     return 2 * n ** 3 / timed(lambda: a @ b, device, 3 if quick else 5)
 
 
-def step_flops(model, x, paths, device) -> float:
+def step_flops(model, x, paths, device, from_one_image: bool = False) -> float:
+    """FLOPs of a training step (forward and backward) on the batch x; `from_one_image`:
+    counted on its first image and scaled to the batch (exact for the plain models, which
+    are linear in it, and what their step at batch 100 costs on a CPU: seconds)."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter, fast.eager_only():
         with fast.autocast(paths, device):
-            loss = -model.log_prob(x).float().mean()
+            loss = -model.log_prob(x[:1] if from_one_image else x).float().mean()
         loss.backward()
     model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) * (len(x) if from_one_image else 1)
+
+
+def fresh_peak(device: torch.device) -> None:
+    """Free what the last timed version left and restart the CUDA peak-memory count."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -187,8 +201,7 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
     reps = 3 if quick else 5
     row: dict = {"model": case.model, "setting": case.setting, "image": case.image, "batch": case.batch,
                  "precision": case.precision}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    fresh_peak(device)
     fast_t = Trainable(case, hp, device, plain=False, compile_=compile_, graphs=graphs, impl=impl)
     row["parameters"] = sum(p.numel() for p in fast_t.model.parameters())
     warm = 3 if fast_t.paths.compile or fast_t.paths.graphs else 1  # compiling / capturing: first calls
@@ -197,15 +210,9 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
                                                    fast_t.grad_step.graph is None else "")
     row["eval_ips"] = case.batch / timed(fast_t.eval_step, device, reps, warm)
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
-    flops = step_flops(fast_t.model, fast_t.x, fast_t.paths, device)
-    row["train_tflops"] = flops * row["train_ips"] / case.batch / 1e12
     peak = peaks.get("bf16" if fast_t.paths.bf16 else "fp32", peaks["fp32"])
+    row["train_tflops"] = step_flops(fast_t.model, fast_t.x, fast_t.paths, device) * row["train_ips"] / case.batch / 1e12
     row["pct_of_peak"] = 100 * row["train_tflops"] * 1e12 / peak
-    plain = Trainable(case, hp, device, plain=True, compile_="off")
-    row["plain_train_ips"] = case.batch / timed(plain.train_step, device, max(2, reps - 1))
-    row["plain_eval_ips"] = case.batch / timed(plain.eval_step, device, max(2, reps - 1))
-    row["train_ratio"] = row["train_ips"] / row["plain_train_ips"]
-    row["eval_ratio"] = row["eval_ips"] / row["plain_eval_ips"]
     if case.precision == "fp32" and sample:  # fp32, once per model (it does not depend on the batch)
         n = sample_n or (100 if device.type == "cuda" else (8 if quick else 16))
         model = fast_t.model
@@ -216,6 +223,21 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
         row["naive_sample_ips"] = naive_sample_rate(model, n, device, rows)
         row["naive_sample_scaled_from_rows"] = rows or "all"
         row["sample_ratio"] = row["sample_ips"] / row["naive_sample_ips"]
+        del model
+    del fast_t  # and its CUDA graphs' memory, before the plain version's peak is measured
+    fresh_peak(device)
+    plain = Trainable(case, hp, device, plain=True, compile_="off")
+    row["plain_train_ips"] = case.batch / timed(plain.train_step, device, max(2, reps - 1))
+    row["plain_eval_ips"] = case.batch / timed(plain.eval_step, device, max(2, reps - 1))
+    row["train_ratio"] = row["train_ips"] / row["plain_train_ips"]
+    row["eval_ratio"] = row["eval_ips"] / row["plain_eval_ips"]
+    if device.type == "cuda":  # a CPU's peak resident memory only grows through the run: no per-case figure
+        row["plain_peak_memory_mb"] = round(peak_memory_mb(device), 1)
+        row["memory_ratio"] = row["peak_memory_mb"] / row["plain_peak_memory_mb"]
+    row["plain_train_tflops"] = step_flops(plain.model, plain.x, plain.paths, device, from_one_image=True) \
+        * row["plain_train_ips"] / case.batch / 1e12
+    row["tflops_ratio"] = row["train_tflops"] / row["plain_train_tflops"]
+    del plain
     echo(f"  {case.model:<16} [{case.setting}] {case.image:<10} b{case.batch:<5} {case.precision}: "
          f"train {row['train_ips']:9.1f} img/s ({row['train_ratio']:.2f}x plain), "
          f"eval {row['eval_ips']:9.1f} ({row['eval_ratio']:.2f}x)"
@@ -294,15 +316,18 @@ def markdown(r: dict) -> str:
              "- fast = the model's fast paths (listed); plain = model.impl=plain, fp32, eager. Medians of "
              "repeats after warm-up, device-synchronized.", "",
              "| model | set | image | batch | prec | fast paths | train img/s | plain | x | eval img/s | plain | x "
-             "| sample img/s | naive | x | peak MB | TFLOP/s | % peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| sample img/s | naive | x | peak MB | plain | x | TFLOP/s | plain | % peak |",
+             "|" + "---|" * 21]
     for x in r["results"]:
         s = (f"{x['sample_ips']:.1f} | {x['naive_sample_ips']:.2f} | {x['sample_ratio']:.1f}"
              if "sample_ips" in x else "- | - | -")
+        mem = (f"{x['plain_peak_memory_mb']:.0f} | {x['memory_ratio']:.2f}" if "memory_ratio" in x
+               else "- | -")  # CPUs: the process's peak so far, no per-case figure
         lines.append(f"| {x['model']} | {x['setting']} | {x['image']} | {x['batch']} | {x['precision']} | "
                      f"{x['fast_paths']} | {x['train_ips']:.1f} | {x['plain_train_ips']:.1f} | "
                      f"{x['train_ratio']:.2f} | {x['eval_ips']:.1f} | {x['plain_eval_ips']:.1f} | "
-                     f"{x['eval_ratio']:.2f} | {s} | {x['peak_memory_mb']:.0f} | {x['train_tflops']:.4f} | "
+                     f"{x['eval_ratio']:.2f} | {s} | {x['peak_memory_mb']:.0f} | {mem} | "
+                     f"{x['train_tflops']:.4f} | {x.get('plain_train_tflops', float('nan')):.4f} | "
                      f"{x['pct_of_peak']:.2f} |")
     lines += ["", "Naive sampling on CPUs is timed on the first row of subpixels and scaled to the whole "
               "image (each step is a whole forward pass, so every step costs the same)."]

@@ -357,13 +357,30 @@ def test_bench_writes_json_and_markdown_with_plain_ratios(tmp_path, capsys):
     assert [(x["model"], x["batch"]) for x in r["results"]] == [("pixel_cnn", 16), ("pixel_cnn", 100)]
     first = r["results"][0]
     for k in ("train_ips", "plain_train_ips", "eval_ips", "plain_eval_ips", "sample_ips", "naive_sample_ips",
-              "peak_memory_mb", "train_tflops", "pct_of_peak"):
+              "peak_memory_mb", "train_tflops", "pct_of_peak", "plain_train_tflops"):
         assert first[k] > 0, k
     assert first["train_ratio"] == pytest.approx(first["train_ips"] / first["plain_train_ips"])
+    assert first["tflops_ratio"] == pytest.approx(first["train_tflops"] / first["plain_train_tflops"])
+    assert "memory_ratio" not in first  # a CPU has no per-case peak memory
     assert first["sample_ips"] > first["naive_sample_ips"]  # the cached sampler against the naive one
     assert "| pixel_cnn | 1 | 28x28 gray | 16 | fp32 |" in md.read_text()
     assert main(["bench", "--models", "pixel_cnnn"]) == 2
     assert "not a model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["pixel_rnn", "row_lstm", "gated_pixel_cnn"])
+def test_bench_flops_of_one_image_scale_to_the_batch(name):
+    """bench counts the plain models' FLOPs on one image and scales: they are linear in the batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pixelexp.bench import step_flops
+    from pixelexp.fast import PLAIN
+    torch.manual_seed(0)
+    model = set_impl(build_model(name, image_shape=(1, 6, 5), levels=2, hidden_dims=4, recurrent_length=2), "plain")
+    x = torch.randint(0, 2, (3, 1, 6, 5))
+    with FlopCounterMode(display=False) as counter:
+        (-model.log_prob(x).mean()).backward()
+    assert step_flops(model, x, PLAIN, torch.device("cpu"), from_one_image=True) == counter.get_total_flops() > 0
 
 
 def test_bench_stops_at_the_first_sigterm(tmp_path):
