@@ -306,6 +306,28 @@ def write(result: dict, stem: Path) -> None:
     stem.with_suffix(".md").write_text(markdown(result))
 
 
+EPOCH = (55_000, 15_000)  # MNIST: training images (60,000 less data.val_size), validation + test images
+
+
+def epoch_seconds(x: dict) -> float:
+    """An MNIST epoch at a case's rates: its training images, then evaluating val and test."""
+    return EPOCH[0] / x["train_ips"] + EPOCH[1] / x["eval_ips"]
+
+
+def epoch_lines(results: list[dict]) -> list[str]:
+    """pixel_rnn's time per epoch against pixel_cnn's, where a run timed both alike."""
+    same = lambda x: (x["setting"], x["image"], x["batch"], x["precision"])  # noqa: E731
+    cnn = {same(x): x for x in results if x["model"] == "pixel_cnn"}
+    out = [f"- [{x['setting']}] {x['image']} b{x['batch']} {x['precision']}: pixel_rnn "
+           f"{epoch_seconds(x):.1f} s, pixel_cnn {epoch_seconds(cnn[same(x)]):.1f} s "
+           f"({epoch_seconds(x) / epoch_seconds(cnn[same(x)]):.1f}x)"
+           for x in results if x["model"] == "pixel_rnn" and same(x) in cnn]
+    if not out:
+        return []
+    return ["", f"Time per MNIST epoch at these rates ({EPOCH[0]:,} training images, then {EPOCH[1]:,} "
+            "evaluated), fast paths:", *out]
+
+
 def markdown(r: dict) -> str:
     lines = [f"# pixelexp bench: {r['device']}", "",
              f"- command: `{r['command']}`", f"- torch {r['torch']}, Python {r['python']}, "
@@ -323,14 +345,16 @@ def markdown(r: dict) -> str:
              if "sample_ips" in x else "- | - | -")
         mem = (f"{x['plain_peak_memory_mb']:.0f} | {x['memory_ratio']:.2f}" if "memory_ratio" in x
                else "- | -")  # CPUs: the process's peak so far, no per-case figure
+        plain_tflops = f"{x['plain_train_tflops']:.4f}" if "plain_train_tflops" in x else "-"
         lines.append(f"| {x['model']} | {x['setting']} | {x['image']} | {x['batch']} | {x['precision']} | "
                      f"{x['fast_paths']} | {x['train_ips']:.1f} | {x['plain_train_ips']:.1f} | "
                      f"{x['train_ratio']:.2f} | {x['eval_ips']:.1f} | {x['plain_eval_ips']:.1f} | "
                      f"{x['eval_ratio']:.2f} | {s} | {x['peak_memory_mb']:.0f} | {mem} | "
-                     f"{x['train_tflops']:.4f} | {x.get('plain_train_tflops', float('nan')):.4f} | "
+                     f"{x['train_tflops']:.4f} | {plain_tflops} | "
                      f"{x['pct_of_peak']:.2f} |")
     lines += ["", "Naive sampling on CPUs is timed on the first row of subpixels and scaled to the whole "
               "image (each step is a whole forward pass, so every step costs the same)."]
+    lines += epoch_lines(r["results"])
     firsts = [f"{x['model']} [{x['setting']}] {x['image']} {x['sample_first_call_s']:.1f} s" for x in r["results"]
               if "sample_first_call_s" in x]
     if firsts:

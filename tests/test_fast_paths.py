@@ -383,6 +383,18 @@ def test_bench_flops_of_one_image_scale_to_the_batch(name):
     assert step_flops(model, x, PLAIN, torch.device("cpu"), from_one_image=True) == counter.get_total_flops() > 0
 
 
+def test_bench_compares_time_per_epoch_of_cases_timed_alike():
+    from pixelexp.bench import epoch_lines
+    case = {"setting": 1, "image": "28x28 gray", "precision": "fp32"}
+    results = [{**case, "model": "pixel_cnn", "batch": 256, "train_ips": 55_000.0, "eval_ips": 15_000.0},  # 2 s
+               {**case, "model": "pixel_rnn", "batch": 256, "train_ips": 5_500.0, "eval_ips": 7_500.0},  # 12 s
+               {**case, "model": "pixel_rnn", "batch": 16, "train_ips": 1.0, "eval_ips": 1.0}]  # no pixel_cnn b16
+    lines = epoch_lines(results)
+    assert lines[-1] == "- [1] 28x28 gray b256 fp32: pixel_rnn 12.0 s, pixel_cnn 2.0 s (6.0x)"
+    assert len([x for x in lines if x.startswith("- ")]) == 1
+    assert epoch_lines(results[1:]) == []
+
+
 def test_bench_stops_at_the_first_sigterm(tmp_path):
     """Only training commands finish their batch on a signal; bench stops at once (a
     `timeout` around it must be able to end it)."""
