@@ -7,10 +7,10 @@ h and c (H x h) in registers. Per diagonal and gate k (i, f, o, g):
 
     pre_k = x_gates_k + h_{t-1} @ W_left_k + (h_{t-1} one row down) @ W_above_k
 
-The "one row down" copy is read back from the state just written (a barrier between
-diagonals makes it visible to the whole program). The backward kernel walks the
-diagonals in reverse with the equations of `nn/scan.py`, reading the next diagonal's
-gate gradients one row up the same way, and accumulates the state weights' gradient
+The "one row down" copy is made in registers, as a product with a 0/1 shift matrix
+(exact), so no diagonal waits for memory written by the one before it. The backward
+kernel walks the diagonals in reverse with the equations of `nn/scan.py`, moving the
+next diagonal's gate gradients one row up the same way, and accumulates the state weights' gradient
 (sum over diagonals and rows of [h | h above]^T dgates) in registers; the per-image
 partial sums are added afterwards. tanh is written as 2 sigmoid(2x) - 1.
 
@@ -71,6 +71,12 @@ if triton is not None:
                 _w(w_ptr, d, HD, 0, HD), _w(w_ptr, d, HD, 1, HD), _w(w_ptr, d, HD, 2, HD), _w(w_ptr, d, HD, 3, HD))
 
     @triton.jit
+    def _shift(rows, k: tl.constexpr):
+        """(HP, HP) 0/1 matrix M with (M @ x)[r] = x[r-k] (zero where r-k is off the tile):
+        moves a tile's rows in registers. Exact in ieee fp32 (one product by 1, the rest 0)."""
+        return (rows[:, None] == rows[None, :] + k).to(tl.float32)
+
+    @triton.jit
     def _program(B, H, HP: tl.constexpr, HD: tl.constexpr):
         """This program's (direction, image), its column's rows (padded to HP) and units."""
         pid = tl.program_id(0)
@@ -81,13 +87,12 @@ if triton is not None:
     def _scan_fwd(xg_ptr, w_ptr, out_ptr, act_ptr, c_ptr, P, B, H, HP: tl.constexpr, HD: tl.constexpr):
         pid, d, b, rows, cols, m2, BH = _program(B, H, HP, HD)
         wl_i, wl_f, wl_o, wl_g, wa_i, wa_f, wa_o, wa_g = _weights(w_ptr, d, HD)
+        down = _shift(rows, 1)  # (HP, HP): (down @ x)[r] = x[r-1], zero for row 0
         h = tl.zeros((HP, HD), dtype=tl.float32)
         c = tl.zeros((HP, HD), dtype=tl.float32)
         for t in range(P):
             row = (d * P + t) * BH + b * H + rows  # (HP,) rows of this diagonal in the tables
-            prev = (d * P + t - 1) * BH + b * H + rows - 1  # the state one row up, previous diagonal
-            above = tl.load(out_ptr + prev[:, None] * HD + cols[None, :],
-                            mask=m2 & (rows[:, None] >= 1) & (t > 0), other=0.0)
+            above = tl.dot(down, h, input_precision="ieee")  # the previous diagonal's state one row up
             g4 = row[:, None] * (4 * HD) + cols[None, :]
             pre_i = tl.load(xg_ptr + g4, mask=m2, other=0.0) + tl.dot(h, wl_i, input_precision="ieee") \
                 + tl.dot(above, wa_i, input_precision="ieee")
@@ -110,7 +115,6 @@ if triton is not None:
             h1 = row[:, None] * HD + cols[None, :]
             tl.store(c_ptr + h1, c, mask=m2)
             tl.store(out_ptr + h1, h, mask=m2)
-            tl.debug_barrier()  # the next diagonal reads this one's h one row up
 
     @triton.jit
     def _scan_bwd(dout_ptr, w_ptr, out_ptr, act_ptr, c_ptr, dg_ptr, dw_ptr, P, B, H,
@@ -120,6 +124,7 @@ if triton is not None:
         # Transposed once: gate gradients -> state-input gradients.
         wl_i, wl_f, wl_o, wl_g = tl.trans(wl_i), tl.trans(wl_f), tl.trans(wl_o), tl.trans(wl_g)
         wa_i, wa_f, wa_o, wa_g = tl.trans(wa_i), tl.trans(wa_f), tl.trans(wa_o), tl.trans(wa_g)
+        up = _shift(rows, -1)  # (HP, HP): (up @ x)[r] = x[r+1]
         dgi = tl.zeros((HP, HD), dtype=tl.float32)  # the next diagonal's gate gradients
         dgf = tl.zeros((HP, HD), dtype=tl.float32)
         dgo = tl.zeros((HP, HD), dtype=tl.float32)
@@ -139,16 +144,14 @@ if triton is not None:
             h1 = row[:, None] * HD + cols[None, :]
             g4 = row[:, None] * (4 * HD) + cols[None, :]
             # dh: from the output, from the next diagonal's "left" input (same row) and its
-            # "above" input (the row below reads this row).
-            nxt = ((d * P + t + 1) * BH + b * H + rows + 1)[:, None] * (4 * HD) + cols[None, :]
-            mn = ((rows + 1) < H)[:, None] & (t + 1 < P)
+            # "above" input (the row below reads this row: its gradient comes one row up).
+            # The tile's rows past H hold zero gate gradients (their loads are masked).
+            from_below = tl.dot(dgi, wa_i, input_precision="ieee") + tl.dot(dgf, wa_f, input_precision="ieee") \
+                + tl.dot(dgo, wa_o, input_precision="ieee") + tl.dot(dgg, wa_g, input_precision="ieee")
             dh = tl.load(dout_ptr + h1, mask=m2, other=0.0) \
                 + tl.dot(dgi, wl_i, input_precision="ieee") + tl.dot(dgf, wl_f, input_precision="ieee") \
                 + tl.dot(dgo, wl_o, input_precision="ieee") + tl.dot(dgg, wl_g, input_precision="ieee") \
-                + tl.dot(tl.load(dg_ptr + nxt, mask=mn, other=0.0), wa_i, input_precision="ieee") \
-                + tl.dot(tl.load(dg_ptr + nxt + HD, mask=mn, other=0.0), wa_f, input_precision="ieee") \
-                + tl.dot(tl.load(dg_ptr + nxt + 2 * HD, mask=mn, other=0.0), wa_o, input_precision="ieee") \
-                + tl.dot(tl.load(dg_ptr + nxt + 3 * HD, mask=mn, other=0.0), wa_g, input_precision="ieee")
+                + tl.dot(up, from_below, input_precision="ieee")
             i = tl.load(act_ptr + g4, mask=m2, other=0.0)
             f = tl.load(act_ptr + g4 + HD, mask=m2, other=0.0)
             o = tl.load(act_ptr + g4 + 2 * HD, mask=m2, other=0.0)
@@ -180,7 +183,6 @@ if triton is not None:
             dwa_f += tl.dot(at, dgf, input_precision="ieee")
             dwa_o += tl.dot(at, dgo, input_precision="ieee")
             dwa_g += tl.dot(at, dgg, input_precision="ieee")
-            tl.debug_barrier()  # the previous diagonal reads these gate gradients one row down
         r = tl.arange(0, HD)
         base = dw_ptr + pid * (2 * HD) * (4 * HD) + r[:, None] * (4 * HD) + r[None, :]
         tl.store(base, dwl_i)
