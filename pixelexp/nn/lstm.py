@@ -38,6 +38,14 @@ def lstm_cell(g: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return o * torch.tanh(c), c
 
 
+def lstm_cell_into(g: torch.Tensor, c: torch.Tensor, c_out: torch.Tensor, h_out: torch.Tensor) -> None:
+    """lstm_cell, writing the new cell and state into c_out and h_out (views allowed)."""
+    hd = c.shape[-1]
+    i, f, o = torch.sigmoid(g[:, : 3 * hd]).chunk(3, dim=-1)
+    torch.addcmul(f * c, i, torch.tanh(g[:, 3 * hd:]), out=c_out)
+    torch.mul(o, torch.tanh(c_out), out=h_out)
+
+
 class DiagonalBiLSTM(nn.Module):
     """One Diagonal BiLSTM layer with a residual connection.
 
@@ -123,52 +131,70 @@ class DiagonalBiLSTM(nn.Module):
 
     # ------------------------------------------------------------ pixel by pixel, for sampling
     # The same layer computed in generation order: position (i, j) of the left-to-right
-    # direction needs only its input, the state above (kept from the previous row) and the
+    # direction needs its input, the state above (kept from the previous row) and the
     # state to its left; the right-to-left direction of a row is run once the row is done
     # (its output only reaches the next row). Left padding states are exactly zero in the
     # skewed scan (no bias reaches them), which is what starting each row from zeros gives.
+    # What depends only on finished rows (the states above through their weights, the
+    # biases, the conditioning) is computed once per row (`start_row`), so a position costs
+    # ten small operations (`step`), each writing where the next one reads.
 
     def new_cache(self, n: int, width: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
         z = lambda *s: like.new_zeros(*s)  # noqa: E731
-        hd = self.hidden
-        return {"fw_above": z(n, width, hd), "bw_above": z(n, width, hd), "h_left": z(n, hd),
-                "c_left": z(n, hd), "fw_row": z(n, width, hd), "x_row": z(n, self.output.out_channels, width)}
+        hd, k = self.hidden, self.output.out_channels
+        conv, out = self.input_to_state, self.output
+        w_in = (conv.weight * conv.mask)[:, :, 0, 0]  # (8h, k): left-to-right gates, then right-to-left
+        return {
+            # state rows: column j+1 holds position j (column 0: the zeros left of the row)
+            "fw_row": z(n, width + 1, hd), "c_row": z(n, width + 1, hd),
+            "fw_above": z(n, width, hd), "bw_above": z(n, width, hd),  # the previous row's states
+            "x_row": z(n, width, k),  # this layer's inputs along the row (written by the layer below)
+            "w_ltr": w_in[: 4 * hd].T, "w_rtl": w_in[4 * hd:].T, "b": conv.bias,  # (k, 4h), (8h,)
+            "w_out": (out.weight * out.mask)[:, :, 0, 0].T, "b_out": out.bias,  # (h, k), (k,)
+        }
 
-    def step(self, x: torch.Tensor, cache: dict, j: int,
-             cond: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
-        """Output at (i, j) from its input x (n, channels) [and conditioning (n, K)]
-        -> (out (n, channels), new state)."""
+    def start_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
+        """Per position of the new row: the left-to-right gates' part from the row above,
+        the bias [and the conditioning (n, K, W)] (n, W, 4h), and the output's part from
+        the right-to-left state of the row above (the down-shift) and its bias (n, W, k)."""
         hd = self.hidden
-        g = self.input_to_state(x[:, :, None, None])[:, : 4 * hd, 0, 0]  # (n, 4h) left-to-right gates
-        if cond is not None:
-            g = g + cond @ self.cond_to_state[: 4 * hd].T
-        w_above, w_left = self.state_to_state[0].split(hd, dim=0)  # (h, 4h) each
-        g = torch.addmm(torch.addmm(g, cache["fw_above"][:, j], w_above), cache["h_left"], w_left)
-        h, c = lstm_cell(g, cache["c_left"])
-        y = h + cache["bw_above"][:, j]  # right-to-left of the row above: the down-shift
-        out = self.output(y[:, :, None, None])[:, :, 0, 0]
-        return (x + out if self.use_residual else out), (h, c)
+        w_above = self.state_to_state[0, :hd]  # (h, 4h)
+        a = torch.matmul(cache["fw_above"], w_above) + cache["b"][: 4 * hd]
+        if cond_row is not None:
+            a = a + torch.einsum("gk,nkw->nwg", self.cond_to_state[: 4 * hd], cond_row)
+        cache["above"] = a
+        cache["below"] = torch.matmul(cache["bw_above"], cache["w_out"]) + cache["b_out"]
 
-    def commit(self, cache: dict, j: int, x: torch.Tensor, state: tuple) -> None:
-        h, c = state
-        cache["h_left"], cache["c_left"] = h, c
-        cache["fw_row"][:, j] = h
-        cache["x_row"][:, :, j] = x
+    def step(self, cache: dict, j: int, dest: torch.Tensor) -> None:
+        """The layer at (i, j) from its input cache["x_row"][:, j]: its left-to-right state
+        goes to column j+1 of the state rows, its output (n, k) into `dest` (the next
+        layer's input, or the stack's output). Run again for each channel of an RGB
+        pixel, it rewrites the same places."""
+        hd = self.hidden
+        x = cache["x_row"][:, j]  # (n, k)
+        g = torch.addmm(cache["above"][:, j], x, cache["w_ltr"])  # (n, 4h)
+        g.addmm_(cache["fw_row"][:, j], self.state_to_state[0, hd:])  # the state to the left
+        lstm_cell_into(g, cache["c_row"][:, j], cache["c_row"][:, j + 1], cache["fw_row"][:, j + 1])
+        y = torch.addmm(cache["below"][:, j], cache["fw_row"][:, j + 1], cache["w_out"])  # 1x1 output conv
+        if self.use_residual:
+            torch.add(x, y, out=dest)
+        else:
+            dest.copy_(y)
 
     def finish_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
         """Run the right-to-left direction over the finished row [with its conditioning
         (n, K, W)]; move to the next row."""
         hd = self.hidden
-        x_row = cache["x_row"]  # (n, channels, W)
-        gates = self.input_to_state(x_row[:, :, None, :])[:, 4 * hd:, 0, :]  # (n, 4h, W)
-        if cond_row is not None:
-            gates = gates + torch.einsum("gk,nkw->ngw", self.cond_to_state[4 * hd:], cond_row)
         w_above, w_left = self.state_to_state[1].split(hd, dim=0)
-        h = c = x_row.new_zeros(x_row.shape[0], hd)
-        row = torch.zeros_like(cache["bw_above"])
-        for j in reversed(range(x_row.shape[-1])):
-            g = torch.addmm(torch.addmm(gates[:, :, j], cache["bw_above"][:, j], w_above), h, w_left)
-            h, c = lstm_cell(g, c)
-            row[:, j] = h
-        cache["bw_above"], cache["fw_above"] = row, cache["fw_row"].clone()
-        cache["h_left"], cache["c_left"] = torch.zeros_like(h), torch.zeros_like(c)
+        g = torch.matmul(cache["x_row"], cache["w_rtl"]) + cache["b"][4 * hd:]  # (n, W, 4h)
+        g = torch.baddbmm(g, cache["bw_above"], w_above.expand(len(g), -1, -1))
+        if cond_row is not None:
+            g = g + torch.einsum("gk,nkw->nwg", self.cond_to_state[4 * hd:], cond_row)
+        row = torch.zeros_like(cache["bw_above"])  # (n, W, h)
+        c, c_next = g.new_zeros(len(g), hd), g.new_empty(len(g), hd)
+        h = g.new_zeros(len(g), hd)
+        for j in reversed(range(row.shape[1])):
+            lstm_cell_into(torch.addmm(g[:, j], h, w_left), c, c_next, row[:, j])
+            h, c, c_next = row[:, j], c_next, c
+        cache["bw_above"] = row
+        cache["fw_above"].copy_(cache["fw_row"][:, 1:])
