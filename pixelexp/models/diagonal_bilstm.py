@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
+from pixelexp.models.rowwise import sample_rowwise
 from pixelexp.nn.lstm import DiagonalBiLSTM
 from pixelexp.nn.masked import MaskedConv2d
 
@@ -85,52 +85,4 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
         """
         self._check_labels(labels, n)
         device = device or next(self.parameters()).device
-        with torch.autocast(torch.device(device).type, enabled=False):
-            return self._sample(n, device, generator, given, known, cond)
-
-    def _sample(self, n, device, generator, given, known, cond) -> torch.Tensor:
-        C, H, W = self.image_shape
-        k = self.input.kernel_size[0] // 2  # rows above that the 7x7 input layer sees
-        like = self.input.weight
-        img = like.new_zeros(n, H + k, W + 2 * k, C)  # scaled image, channels last, zero padding above and beside
-        if given is not None:  # the known pixels are read from here; the rest is overwritten before it is read
-            img[:, k:, k: k + W] = self.scale(given).permute(0, 2, 3, 1)
-        known = torch.zeros(H, W, dtype=torch.bool) if known is None else known.cpu()
-        caches = [layer.new_cache(n, W, like) for layer in self.layers]
-        feats = like.new_zeros(n, self.input.out_channels)  # the last layer's output at (i, j)
-        dests = [cache["x_row"] for cache in caches[1:]]  # where each layer writes (column j)
-        w0 = self.input.weight * self.input.mask  # (2h, C, 7, 7)
-        w_cur = w0[:, :, k, : k + 1].permute(2, 1, 0).flatten(0, 1)  # row i, cols j-k..j x C -> (2h)
-        head = [((c.weight * c.mask)[:, :, 0, 0], c.bias) for c in (*self.head.hidden, self.head.logits)]
-        with self.sampling(generator, n, device) as draws:
-            for i in range(H):
-                # the 7x7 layer's part from the rows above, at every position of row i: (W, n, 2h)
-                above = F.conv2d(img[:, i: i + k].permute(0, 3, 1, 2), w0[:, :, :k], self.input.bias)
-                above = above[:, :, 0].permute(2, 0, 1).contiguous()
-                cond_row = None if cond is None else cond[:, :, i]  # (n, K, W)
-                for layer, cache in zip(self.layers, caches):
-                    layer.start_row(cache, cond_row)
-                for j in range(W):
-                    for c in range(1 if known[i, j] else C):  # a known pixel: just its states
-                        torch.addmm(above[j], img[:, i + k, j: j + k + 1].flatten(1), w_cur,
-                                    out=caches[0]["x_row"][:, j])  # the input layer at (i, j)
-                        logits = self._at(caches, dests, feats, head, j)  # (n, C) or (n, C*L)
-                        if not known[i, j]:
-                            v = self._draw_channel(logits, c, draws)  # (n,) ints
-                            img[:, i + k, j + k, c] = v if self.levels == 2 else self.scale(v)
-                for layer, cache in zip(self.layers, caches):
-                    layer.finish_row(cache, cond_row)
-        return self.unscale(img[:, k:, k: k + W].permute(0, 3, 1, 2)).contiguous()  # (n, C, H, W) ints
-
-    def _at(self, caches, dests, feats, head, j: int) -> torch.Tensor:
-        """Every layer at column j of the current row, from the input layer's output in
-        caches[0]["x_row"][:, j] -> the head's logits there."""
-        for layer, cache, dest in zip(self.layers, caches, dests + [None]):
-            layer.step(cache, j, feats if dest is None else dest[:, j])
-        x = feats
-        if self.use_skip:  # the sum of all layers' outputs feeds the head
-            x = torch.stack([d[:, j] for d in dests] + [feats]).sum(0)
-        for w, b in head:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
-            x = torch.addmm(b, F.relu(x), w.T)
-        return x
-
+        return sample_rowwise(self, n, device, generator, given, known, cond)

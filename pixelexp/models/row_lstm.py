@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
+from pixelexp.models.rowwise import sample_rowwise
 from pixelexp.nn.masked import MaskedConv2d
 from pixelexp.nn.row_lstm import RowLSTM
 
@@ -48,39 +49,13 @@ class RowLSTMPixelRNN(AutoregressiveModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return run_layers(self.input(x), self.layers, self.use_skip)  # (B, 2h, H, W)
 
-    def _row(self, band: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
-        """Features of the band's last row, given each layer's previous-row (h, c)."""
-        h = self.input(self.scale(band))[:, :, -1:]  # (n, 2h, 1, W)
-        new_states, total = [], 0
-        for layer, (h_prev, c_prev) in zip(self.layers, states):
-            g_in = layer.input_to_state(h)[:, :, 0].transpose(1, 2)  # (n, W, 4h)
-            h_row, c_row = layer.row_step(g_in, h_prev, c_prev, layer.state_to_state.weight)
-            h = layer.finish(h, h_row.transpose(1, 2)[:, :, None])  # (n, 2h, 1, W)
-            new_states.append((h_row, c_row))
-            total = total + h
-        return (total if self.use_skip else h), new_states
-
     @torch.no_grad()
     def sample(self, n: int | None = None, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Draw n images keeping each layer's previous-row state: per subpixel one row of
-        every layer is computed, not the whole image. Same draws as the naive sampler
-        for the same generator (tested)."""
+        """Draw n images keeping each layer's states of the row above and along the current
+        row: per subpixel every layer computes its own position only
+        (`pixelexp.models.rowwise`). Same draws as the naive sampler for the same
+        generator (tested)."""
         self._check_labels(labels, n)
-        C, H, W = self.image_shape
         device = device or next(self.parameters()).device
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-        like = self.input.weight
-        states = [(like.new_zeros(n, W, layer.hidden), like.new_zeros(n, W, layer.hidden))
-                  for layer in self.layers]
-        reach = self.input.kernel_size[0] // 2
-        with self.sampling(generator, n, device) as draws:
-            for i in range(H):
-                top = max(0, i - reach)
-                for j in range(W):
-                    for c in range(C):
-                        feats, _ = self._row(x[:, :, top:i + 1], states)
-                        logits = self.head(feats)[:, :, 0, j]  # (n, C) or (n, C*L)
-                        x[:, c, i, j] = self._draw_channel(logits, c, draws)
-                _, states = self._row(x[:, :, top:i + 1], states)  # the finished row's states
-        return x
+        return sample_rowwise(self, n, device, generator)

@@ -148,7 +148,7 @@ class DiagonalBiLSTM(nn.Module):
             # state rows: column j+1 holds position j (column 0: the zeros left of the row)
             "fw_row": z(n, width + 1, hd), "c_row": z(n, width + 1, hd),
             "fw_above": z(n, width, hd), "bw_above": z(n, width, hd),  # the previous row's states
-            "x_row": z(n, width, k),  # this layer's inputs along the row (written by the layer below)
+            "x_row": z(n, width, k), "pad": 0,  # this layer's inputs along the row (written by the layer below)
             "w_ltr": w_in[: 4 * hd].T, "w_rtl": w_in[4 * hd:].T, "b": conv.bias,  # (k, 4h), (8h,)
             "w_out": (out.weight * out.mask)[:, :, 0, 0].T, "b_out": out.bias,  # (h, k), (k,)
         }

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelexp.nn.lstm import lstm_cell
+from pixelexp.nn.lstm import lstm_cell, lstm_cell_into
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.plain import row_lstm_plain
 
@@ -78,3 +78,48 @@ class RowLSTM(nn.Module):
     def finish(self, x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         out = self.output(states)
         return x + out if self.use_residual else out
+
+    # ------------------------------------------------------------ pixel by pixel, for sampling
+    # Position (i, j) needs its input at columns j-1, j of row i (the rest of the 1 x k
+    # kernel is masked) and the previous row's states at j-1..j+1: their part is one
+    # convolution per row (`start_row`), so a position costs nine small operations.
+
+    def new_cache(self, n: int, width: int, like: torch.Tensor) -> dict:
+        z = lambda *s: like.new_zeros(*s)  # noqa: E731
+        hd, k = self.hidden, self.output.out_channels
+        conv, out = self.input_to_state, self.output
+        p = conv.kernel_size[1] // 2
+        w_in = (conv.weight * conv.mask)[:, :, 0, : p + 1]  # (4h, k, p+1): columns j-p..j
+        return {
+            "x_row": z(n, p + width, k), "pad": p,  # this layer's inputs along the row, p zeros on the left
+            "h_row": z(n, width, hd), "c_row": z(n, width, hd),  # states of this row
+            "h_prev": z(n, width, hd), "c_prev": z(n, width, hd),  # and of the row above
+            "w_in": w_in.permute(2, 1, 0).flatten(0, 1), "b": conv.bias,  # ((p+1) k, 4h), (4h,)
+            "w_out": (out.weight * out.mask)[:, :, 0, 0].T, "b_out": out.bias,  # (h, k), (k,)
+        }
+
+    def start_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
+        """The gates' part from the row above (its k x 1 state convolution) and the bias,
+        at every position of the new row: (n, W, 4h)."""
+        w = self.state_to_state.weight  # (4h, h, k)
+        a = F.conv1d(cache["h_prev"].transpose(1, 2), w, padding=w.shape[-1] // 2).transpose(1, 2)
+        cache["above"] = (a + cache["b"]).contiguous()
+
+    def step(self, cache: dict, j: int, dest: torch.Tensor) -> None:
+        """The layer at (i, j): its states go to column j of the row's states, its output
+        (n, k) into `dest` (the next layer's input, or the stack's output)."""
+        p = cache["pad"]
+        window = cache["x_row"][:, j: j + p + 1].flatten(1)  # (n, (p+1) k): columns j-p..j
+        g = torch.addmm(cache["above"][:, j], window, cache["w_in"])  # (n, 4h)
+        lstm_cell_into(g, cache["c_prev"][:, j], cache["c_row"][:, j], cache["h_row"][:, j])
+        y = torch.addmm(cache["b_out"], cache["h_row"][:, j], cache["w_out"])  # the 1x1 output conv
+        if self.use_residual:
+            torch.add(cache["x_row"][:, j + p], y, out=dest)
+        else:
+            dest.copy_(y)
+
+    def finish_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
+        """This row's states become the row above."""
+        cache["h_prev"], cache["h_row"] = cache["h_row"], cache["h_prev"]
+        cache["c_prev"], cache["c_row"] = cache["c_row"], cache["c_prev"]
+

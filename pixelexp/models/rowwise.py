@@ -1,0 +1,78 @@
+"""Row-state sampling for the PixelRNNs (Row LSTM, Diagonal BiLSTM): a 7x7 mask-A input
+layer, recurrent layers that keep their states along and above the current row, and
+the 1x1 output head.
+
+Per row, what depends only on finished rows is computed at once for every position of
+the row: the input layer's part from the rows above (one convolution) and each layer's
+part from its states above (`layer.start_row`). Per subpixel, each layer computes its
+own position only (`layer.step`, about ten small operations, each writing its output
+into the next layer's kept row), and once a row is drawn each layer closes it
+(`layer.finish_row`: the Diagonal BiLSTM's right-to-left scan). A layer keeps its inputs
+along the row in cache["x_row"] (n, pad + W, channels), pad zero columns on the left.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sample_rowwise(model, n: int, device, generator, given: torch.Tensor | None = None,
+                   known: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw n images from `model` (with .input, .layers, .head, .use_skip) in raster
+    order. `given` (n, C, H, W) holds the pixels already drawn where `known` (H, W) is
+    true (they are kept, not drawn); `cond` (n, K, H, W) is a conditioning map handed
+    to the layers row by row (the multi-scale model)."""
+    with torch.autocast(torch.device(device).type, enabled=False):
+        return _sample(model, n, device, generator, given, known, cond)
+
+
+def _sample(model, n, device, generator, given, known, cond) -> torch.Tensor:
+    C, H, W = model.image_shape
+    k = model.input.kernel_size[0] // 2  # rows above that the 7x7 input layer sees
+    like = model.input.weight
+    img = like.new_zeros(n, H + k, W + 2 * k, C)  # scaled image, channels last, zero padding above and beside
+    if given is not None:  # the known pixels are read from here; the rest is overwritten before it is read
+        img[:, k:, k: k + W] = model.scale(given).permute(0, 2, 3, 1)
+    known = torch.zeros(H, W, dtype=torch.bool) if known is None else known.cpu()
+    caches = [layer.new_cache(n, W, like) for layer in model.layers]
+    feats = like.new_zeros(n, model.input.out_channels)  # the last layer's output at (i, j)
+    w0 = model.input.weight * model.input.mask  # (2h, C, 7, 7)
+    w_cur = w0[:, :, k, : k + 1].permute(2, 1, 0).flatten(0, 1)  # row i, cols j-k..j x C -> (2h)
+    head = [((c.weight * c.mask)[:, :, 0, 0], c.bias) for c in (*model.head.hidden, model.head.logits)]
+    with model.sampling(generator, n, device) as draws:
+        for i in range(H):
+            # the 7x7 layer's part from the rows above, at every position of row i: (W, n, 2h)
+            above = F.conv2d(img[:, i: i + k].permute(0, 3, 1, 2), w0[:, :, :k], model.input.bias)
+            above = above[:, :, 0].permute(2, 0, 1).contiguous()
+            cond_row = None if cond is None else cond[:, :, i]  # (n, K, W)
+            for layer, cache in zip(model.layers, caches):
+                layer.start_row(cache, cond_row)
+            for j in range(W):
+                for c in range(1 if known[i, j] else C):  # a known pixel: just its states
+                    torch.addmm(above[j], img[:, i + k, j: j + k + 1].flatten(1), w_cur,
+                                out=_input_at(caches[0], j))  # the input layer at (i, j)
+                    logits = _at(model, caches, feats, head, j)  # (n, C) or (n, C*L)
+                    if not known[i, j]:
+                        v = model._draw_channel(logits, c, draws)  # (n,) ints
+                        img[:, i + k, j + k, c] = v if model.levels == 2 else model.scale(v)
+            for layer, cache in zip(model.layers, caches):
+                layer.finish_row(cache, cond_row)
+    return model.unscale(img[:, k:, k: k + W].permute(0, 3, 1, 2)).contiguous()  # (n, C, H, W) ints
+
+
+def _input_at(cache: dict, j: int) -> torch.Tensor:
+    """Where a layer's input at column j is kept: (n, channels)."""
+    return cache["x_row"][:, j + cache["pad"]]
+
+
+def _at(model, caches, feats, head, j: int) -> torch.Tensor:
+    """Every layer at column j of the current row, from the input layer's output kept in
+    the first layer's row -> the head's logits there."""
+    dests = [_input_at(cache, j) for cache in caches[1:]] + [feats]
+    for layer, cache, dest in zip(model.layers, caches, dests):
+        layer.step(cache, j, dest)
+    x = torch.stack(dests).sum(0) if model.use_skip else feats  # skip: the sum of all layers' outputs
+    for w, b in head:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
+        x = torch.addmm(b, F.relu(x), w.T)
+    return x
