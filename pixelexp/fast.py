@@ -79,16 +79,18 @@ def on_side_stream(device: torch.device, fn) -> None:
 
 class _GraphedStep:
     """A per-batch function (x, labels or None, *args) -> a tensor, which with
-    `paths.graphs` runs batches of the first full shape as a CUDA graph: captured on
-    first use (after three warm-up passes on a side stream, which also compile), then
-    replayed with the batch copied into its static input. Other shapes (the last,
-    smaller batch) run eagerly. If capturing fails, a warning says so and every batch
-    runs eagerly. Subclasses give `eager`, what it computes."""
+    `paths.graphs` runs full batches (`batch_size` images; without it, the first shape
+    seen) as a CUDA graph: captured on the first full batch (after three warm-up passes
+    on a side stream, which also compile), then replayed with the batch copied into its
+    static input. Other shapes (the last, smaller batch) run eagerly. If capturing
+    fails, a warning says so and every batch runs eagerly. Subclasses give `eager`,
+    what it computes."""
 
     what = "a step"
 
-    def __init__(self, model: nn.Module, paths: FastPaths, device: torch.device, warn=None):
-        self.model, self.paths, self.device = model, paths, device
+    def __init__(self, model: nn.Module, paths: FastPaths, device: torch.device, warn=None,
+                 batch_size: int | None = None):
+        self.model, self.paths, self.device, self.batch_size = model, paths, device, batch_size
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
         self.graph = None
         self.key = None  # (x shape, labels?, args) of the captured batch
@@ -105,7 +107,7 @@ class _GraphedStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None, *args) -> torch.Tensor:
         key = (tuple(x.shape), y is not None, *args)
-        if not self.failed and self.graph is None:
+        if not self.failed and self.graph is None and self.batch_size in (None, len(x)):
             self._capture(x, y, args, key)
         if self.graph is None or key != self.key:
             self.before()
@@ -150,8 +152,9 @@ class GradStep(_GraphedStep):
 
     what = "the training step"
 
-    def __init__(self, net: nn.Module, model: nn.Module, paths: FastPaths, device: torch.device, warn=None):
-        super().__init__(model, paths, device, warn)
+    def __init__(self, net: nn.Module, model: nn.Module, paths: FastPaths, device: torch.device, warn=None,
+                 batch_size: int | None = None):
+        super().__init__(model, paths, device, warn, batch_size)
         self.net = net
 
     def eager(self, x, y, scale: float, cache: bool = True) -> torch.Tensor:

@@ -113,7 +113,7 @@ def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
     across ranks, each evaluates a slice and the sums are added. `stop()` is asked
     between batches (a signal arrived): it abandons the evaluation. `step` (the
     trainer's, kept across epochs) may replay full batches as a CUDA graph."""
-    step = step or fast.EvalStep(model, paths, device)
+    step = step or fast.EvalStep(model, paths, device, batch_size=batch_size)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: one sync per split
@@ -179,8 +179,9 @@ class Trainer:
         self.optimizer, self.scheduler, self.device, self.ctx = optimizer, scheduler, device, ctx
         self.ckpt_dir, self.log, self.label, self.progress = ckpt_dir, log, label, progress
         self.paths = paths
-        self.grad_step = fast.GradStep(net, model, paths, device)  # forward + backward, maybe as a CUDA graph
-        self.eval_step = fast.EvalStep(model, paths, device)  # the same for evaluation
+        # forward + backward of a full batch, maybe as a CUDA graph; the same for evaluation
+        self.grad_step = fast.GradStep(net, model, paths, device, batch_size=cfg.train.batch_size)
+        self.eval_step = fast.EvalStep(model, paths, device, batch_size=cfg.train.eval_batch_size)
         self.pos = Position()
         self.gen: torch.Generator | None = None  # the data generator of the epoch in progress
         self.last_checkpoint = time.monotonic()

@@ -166,6 +166,16 @@ def test_fast_rnn_sampler_returns_the_naive_samplers_images(name, shape, levels,
     assert fast.float().std() > 0  # not a degenerate all-zero draw
 
 
+@pytest.mark.parametrize("name", ["diagonal_bilstm", "row_lstm", "pixel_cnn", "gated_pixel_cnn"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_fast_samplers_of_models_without_recurrent_layers(name, skip):
+    """recurrent_length=0 (the input layer straight into the head) samples like the naive sampler."""
+    from pixelexp.models.base import AutoregressiveModel
+    model = make(name, (3, 4, 5), 4, recurrent_length=0, use_skip=skip)
+    fast = model.sample(5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fast, AutoregressiveModel.sample(model, 5, generator=torch.Generator().manual_seed(1)))
+
+
 @pytest.mark.parametrize("name,reach", [("pixel_cnn", 4), ("gated_pixel_cnn", 5)])
 def test_convolutional_samplers_band_of_rows_changes_nothing(name, reach):
     """Sampling a convolutional model on only the rows its receptive field reaches draws

@@ -330,6 +330,21 @@ def test_cuda_graph_sampler_draws_the_eager_samplers_images(name, shape, levels,
     assert torch.equal(other, model.sample(5, generator=gen(2), labels=labels)) and not torch.equal(other, eager)
 
 
+def test_a_graphed_step_is_captured_on_a_full_batch_not_on_a_first_partial_one(monkeypatch):
+    """A resume that starts on an epoch's last batch, or a validation split smaller than a
+    batch, must not make the smaller shape the captured one (every full batch would then
+    run eagerly); without a CUDA device only the choice is checked here."""
+    from pixelexp import fast
+    model = build_model("pixel_cnn", image_shape=(1, 4, 4), levels=2, hidden_dims=4, recurrent_length=1).eval()
+    step = fast.EvalStep(model, fast.FastPaths(graphs=True), torch.device("cpu"), batch_size=4)
+    tried = []
+    monkeypatch.setattr(step, "_capture", lambda x, y, args, key: tried.append(len(x)))
+    x = torch.randint(0, 2, (4, 1, 4, 4))
+    partial, full = step(x[:3], None), step(x, None)
+    assert tried == [4]
+    assert torch.allclose(full[:3], partial) and torch.allclose(full, -model.log_prob(x).sum((1, 2, 3)))
+
+
 def test_a_failing_compile_falls_back_to_eager_with_a_warning(mnist10k, monkeypatch, capsys):
     from pixelexp.train import run
 

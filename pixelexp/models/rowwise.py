@@ -36,7 +36,7 @@ def _sample(model, n, device, generator, given, known, cond) -> torch.Tensor:
         img[:, k:, k: k + W] = model.scale(given).permute(0, 2, 3, 1)
     known = torch.zeros(H, W, dtype=torch.bool) if known is None else known.cpu()
     caches = [layer.new_cache(n, W, like) for layer in model.layers]
-    feats = like.new_zeros(n, model.input.out_channels)  # the last layer's output at (i, j)
+    feats = like.new_zeros(n, model.input.out_channels)  # the last layer's output at (i, j) (no layers: the input's)
     w0 = model.input.weight * model.input.mask  # (2h, C, 7, 7)
     w_cur = w0[:, :, k, : k + 1].permute(2, 1, 0).flatten(0, 1)  # row i, cols j-k..j x C -> (2h)
     head = [((c.weight * c.mask)[:, :, 0, 0], c.bias) for c in (*model.head.hidden, model.head.logits)]
@@ -51,7 +51,7 @@ def _sample(model, n, device, generator, given, known, cond) -> torch.Tensor:
             for j in range(W):
                 for c in range(1 if known[i, j] else C):  # a known pixel: just its states
                     torch.addmm(above[j], img[:, i + k, j: j + k + 1].flatten(1), w_cur,
-                                out=_input_at(caches[0], j))  # the input layer at (i, j)
+                                out=_input_at(caches[0], j) if caches else feats)  # the input layer at (i, j)
                     logits = _at(model, caches, feats, head, j)  # (n, C) or (n, C*L)
                     if not known[i, j]:
                         v = model._draw_channel(logits, c, draws)  # (n,) ints
@@ -72,7 +72,7 @@ def _at(model, caches, feats, head, j: int) -> torch.Tensor:
     dests = [_input_at(cache, j) for cache in caches[1:]] + [feats]
     for layer, cache, dest in zip(model.layers, caches, dests):
         layer.step(cache, j, dest)
-    x = torch.stack(dests).sum(0) if model.use_skip else feats  # skip: the sum of all layers' outputs
+    x = torch.stack(dests).sum(0) if model.use_skip and caches else feats  # skip: the sum of all layers' outputs
     for w, b in head:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
         x = torch.addmm(b, F.relu(x), w.T)
     return x
