@@ -38,6 +38,17 @@ class OutputHead(nn.Module):
             x = layer(F.relu(x))
         return self.logits(F.relu(x))
 
+    def matrices(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Its layers as (weight (out, in), bias), taken once per sampling run for `at`."""
+        return [(layer.matrix(), layer.bias) for layer in (*self.hidden, self.logits)]
+
+    @staticmethod
+    def at(x: torch.Tensor, matrices: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The head at one position: features (n, in) -> logits (n, C) or (n, C*L)."""
+        for w, b in matrices:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
+            x = torch.addmm(b, F.relu(x), w.T)
+        return x
+
 
 def run_layers(x: torch.Tensor, layers: nn.ModuleList, use_skip: bool) -> torch.Tensor:
     """The layer stack; with skip connections every layer's output reaches the head

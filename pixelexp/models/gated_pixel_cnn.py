@@ -163,12 +163,10 @@ class GatedPixelCNN(AutoregressiveModel):
         gbuf = [torch.cat([like.new_zeros(n, F_), like.new_ones(n, 1)], 1) for _ in self.layers]  # [g | 1]
         sc = torch.cat([like.new_full((F_,), -2.0), like.new_ones(F_)])  # [a | b] -> [-2a | b]
         emb = [layer.embed(labels) if layer.embed is not None else None for layer in self.layers]  # (n, 2F)
-        wh = [(layer.horizontal.weight * layer.horizontal.mask)[:, :, 0, : p + 1].permute(2, 1, 0).flatten(0, 1) * sc
-              for layer, p in zip(self.layers, pads)]  # ((p+1) c_in, 2F): window (cols j-p..j x channels)
-        wout = [torch.cat([(layer.out.weight * layer.out.mask)[:, :, 0, 0].T, layer.out.bias[None]])
-                for layer in self.layers]  # (F+1, F)
+        wh = [layer.horizontal.centre_row() * sc for layer in self.layers]  # ((p+1) c_in, 2F): cols j-p..j
+        wout = [torch.cat([layer.out.matrix().T, layer.out.bias[None]]) for layer in self.layers]  # (F+1, F)
         links = [layer.link.bias.view(1, -1, 1).expand(n, -1, W) for layer in self.layers]  # row 0: the bias only
-        head = [((c.weight * c.mask)[:, :, 0, 0], c.bias) for c in (*self.head.hidden, self.head.logits)]
+        head = self.head.matrices()
         with self.sampling(generator, n, device) as draws:
             for i in range(H):
                 rowb = [self._row_bias(link, layer, e, sc) for link, layer, e in zip(links, self.layers, emb)]
@@ -205,9 +203,7 @@ class GatedPixelCNN(AutoregressiveModel):
             x = torch.stack([hrows[l][:, j + pads[l]] for l in range(1, L)] + [feats]).sum(0)
         else:
             x = feats
-        for w, b in head:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
-            x = torch.addmm(b, F.relu(x), w.T)
-        return x
+        return self.head.at(x, head)
 
     def _finish_row(self, img, i: int, vmaps, hrows, emb, pads) -> list[torch.Tensor]:
         """Row i is drawn: keep it, run the vertical stack on it (one row per layer), start

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
-from pixelexp.nn.masked import MaskedConv2d
+from pixelexp.nn.masked import MaskedConv2d, conv_rows
 
 
 class PixelCNN(AutoregressiveModel):
@@ -84,7 +84,7 @@ class PixelCNN(AutoregressiveModel):
         # zero padding above and beside (relu(0) = 0: the padding a convolution of relu(x) sees).
         maps = [like.new_zeros(n, H + 1, W + 2, 2 * hd) for _ in range(L + 1)]
         w_in, w_cur = self._split_kernels()
-        head = [self._matrix(c) for c in (*self.head.hidden, self.head.logits)]  # (weight (out, in), bias)
+        head = self.head.matrices()
         with self.sampling(generator, n, device) as draws:
             for i in range(H):
                 above = self._row_above(img, maps, w_in, i)  # L+1 x (W, n, h)
@@ -109,29 +109,21 @@ class PixelCNN(AutoregressiveModel):
             feats = torch.stack([m[:, i + 1, j + 1, hd:] for m in maps[1:]]).sum(0)
         else:
             feats = maps[L][:, i + 1, j + 1, hd:]  # (n, h)
-        for w, b in head:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
-            feats = torch.addmm(b, F.relu(feats), w.T)
-        return feats
-
-    @staticmethod
-    def _matrix(conv: MaskedConv2d) -> tuple[torch.Tensor, torch.Tensor]:
-        return (conv.weight * conv.mask)[:, :, 0, 0], conv.bias
+        return self.head.at(feats, head)
 
     def _split_kernels(self):
         """The masked kernels cut into their rows above the centre (convolutions over a
-        finished row, (out, in, rows, cols)) and their centre row as a matrix on the
-        kept map's channels-last window ((window, out), for addmm)."""
-        hd, k = self.input.out_channels, self.input.kernel_size[0] // 2
-        w0 = self.input.weight * self.input.mask  # (h, C, 7, 7)
-        w_in = [(w0[:, :, :k], self.input.bias)]
-        w_cur = [w0[:, :, k, : k + 1].permute(2, 1, 0).flatten(0, 1)]  # cols j-k..j x C -> (4C, h)
+        finished row) and their centre row as a matrix on the kept map's channels-last
+        window ((window, out), for addmm)."""
+        hd = self.input.out_channels
+        w_in = [(self.input.rows_above(), self.input.bias)]
+        w_cur = [self.input.centre_row()]  # cols j-k..j x C -> ((k+1) C, h)
         for block in self.layers:
-            w = block.conv.weight * block.conv.mask  # (h, h, 3, 3)
-            w_in.append((w[:, :, :1], block.conv.bias))
-            cur = w.new_zeros(2, 2 * hd, hd)  # positions (j-1, j) x channels [relu(x) | x] -> out
-            cur[:, :hd] = w[:, :, 1, :2].permute(2, 1, 0)
+            w_in.append((block.conv.rows_above(), block.conv.bias))
+            cur = block.conv.bias.new_zeros(2, 2 * hd, hd)  # positions (j-1, j) x channels [relu(x) | x] -> out
+            cur[:, :hd] = block.conv.centre_row().view(2, hd, hd)
             if block.use_residual:
-                cur[1, hd:] = torch.eye(hd, dtype=w.dtype, device=w.device)
+                cur[1, hd:] = torch.eye(hd, dtype=cur.dtype, device=cur.device)
             w_cur.append(cur.flatten(0, 1))  # (4h, h)
         return w_in, w_cur
 
@@ -140,11 +132,7 @@ class PixelCNN(AutoregressiveModel):
         rows above (final now), bias included: L+1 tensors (W, n, h)."""
         k = self.input.kernel_size[0] // 2
         rows = [img[:, i: i + k]] + [m[:, i: i + 1, :, : m.shape[-1] // 2] for m in maps[:-1]]
-        out = []
-        for r, (w, b) in zip(rows, w_in):  # r: (n, rows, cols, channels)
-            y = F.conv2d(r.permute(0, 3, 1, 2), w, b)  # (n, h, 1, W)
-            out.append(y[:, :, 0].permute(2, 0, 1).contiguous())  # (W, n, h)
-        return out
+        return [conv_rows(r, w, b) for r, (w, b) in zip(rows, w_in)]
 
 
 class MaskedConvBlock(nn.Module):

@@ -14,7 +14,8 @@ along the row in cache["x_row"] (n, pad + W, channels), pad zero columns on the 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from pixelexp.nn.masked import conv_rows
 
 
 def sample_rowwise(model, n: int, device, generator, given: torch.Tensor | None = None,
@@ -37,14 +38,12 @@ def _sample(model, n, device, generator, given, known, cond) -> torch.Tensor:
     known = torch.zeros(H, W, dtype=torch.bool) if known is None else known.cpu()
     caches = [layer.new_cache(n, W, like) for layer in model.layers]
     feats = like.new_zeros(n, model.input.out_channels)  # the last layer's output at (i, j) (no layers: the input's)
-    w0 = model.input.weight * model.input.mask  # (2h, C, 7, 7)
-    w_cur = w0[:, :, k, : k + 1].permute(2, 1, 0).flatten(0, 1)  # row i, cols j-k..j x C -> (2h)
-    head = [((c.weight * c.mask)[:, :, 0, 0], c.bias) for c in (*model.head.hidden, model.head.logits)]
+    w_above, w_cur = model.input.rows_above(), model.input.centre_row()  # the 7x7 layer: rows i-k..i-1, row i
+    head = model.head.matrices()
     with model.sampling(generator, n, device) as draws:
         for i in range(H):
             # the 7x7 layer's part from the rows above, at every position of row i: (W, n, 2h)
-            above = F.conv2d(img[:, i: i + k].permute(0, 3, 1, 2), w0[:, :, :k], model.input.bias)
-            above = above[:, :, 0].permute(2, 0, 1).contiguous()
+            above = conv_rows(img[:, i: i + k], w_above, model.input.bias)
             cond_row = None if cond is None else cond[:, :, i]  # (n, K, W)
             for layer, cache in zip(model.layers, caches):
                 layer.start_row(cache, cond_row)
@@ -73,6 +72,4 @@ def _at(model, caches, feats, head, j: int) -> torch.Tensor:
     for layer, cache, dest in zip(model.layers, caches, dests):
         layer.step(cache, j, dest)
     x = torch.stack(dests).sum(0) if model.use_skip and caches else feats  # skip: the sum of all layers' outputs
-    for w, b in head:  # ReLU, 1x1 layer, ..., ReLU, 1x1 layer to the logits
-        x = torch.addmm(b, F.relu(x), w.T)
-    return x
+    return model.head.at(x, head)

@@ -39,7 +39,9 @@ def lstm_cell(g: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def lstm_cell_into(g: torch.Tensor, c: torch.Tensor, c_out: torch.Tensor, h_out: torch.Tensor) -> None:
-    """lstm_cell, writing the new cell and state into c_out and h_out (views allowed)."""
+    """lstm_cell, writing the new cell and state into c_out and h_out (views allowed): the
+    samplers' per-pixel path, where a copy is an extra kernel. (lstm_cell stays functional:
+    torch.compile cannot trace `out=` into views.)"""
     hd = c.shape[-1]
     i, f, o = torch.sigmoid(g[:, : 3 * hd]).chunk(3, dim=-1)
     torch.addcmul(f * c, i, torch.tanh(g[:, 3 * hd:]), out=c_out)
@@ -106,7 +108,7 @@ class DiagonalBiLSTM(nn.Module):
         pixels = x_in.permute(0, 2, 3, 1).reshape(N, -1)  # (N, k); free for channels-last maps
         pixels = F.pad(torch.cat([pixels, pixels.new_ones(N, 1)], dim=1), (0, 0, 0, 1))  # (N+1, k+1)
         conv = self.input_to_state
-        w = torch.cat([(conv.weight * conv.mask)[:, :, 0, 0], self.cond_to_state[:, : x_in.shape[1] - x.shape[1]],
+        w = torch.cat([conv.matrix(), self.cond_to_state[:, : x_in.shape[1] - x.shape[1]],
                        conv.bias[:, None]], dim=1)  # (8h, k+1)
         gates = (pixels @ w.T).view(2 * (N + 1), 4 * hd)  # rows (pixel, direction)
         idx = diagonal_indices(B, H, W, x.device, self.row_shift)
@@ -125,7 +127,7 @@ class DiagonalBiLSTM(nn.Module):
         # state at (r-1, j), shifted down one row so row r only hears rows < r (zero for r = 0).
         y = gather_rows(table, idx.states, idx.states_inv).view(N, 2, hd).sum(1)  # (N, h)
         out = self.output
-        out = F.linear(y, (out.weight * out.mask)[:, :, 0, 0], out.bias)  # the 1x1 mask B output conv
+        out = F.linear(y, out.matrix(), out.bias)  # the 1x1 mask B output conv
         out = out.view(B, H, W, -1).permute(0, 3, 1, 2)  # (B, channels, H, W), channels-last strides
         return x + out if self.use_residual else out
 
@@ -143,14 +145,14 @@ class DiagonalBiLSTM(nn.Module):
         z = lambda *s: like.new_zeros(*s)  # noqa: E731
         hd, k = self.hidden, self.output.out_channels
         conv, out = self.input_to_state, self.output
-        w_in = (conv.weight * conv.mask)[:, :, 0, 0]  # (8h, k): left-to-right gates, then right-to-left
+        w_in = conv.matrix()  # (8h, k): left-to-right gates, then right-to-left
         return {
             # state rows: column j+1 holds position j (column 0: the zeros left of the row)
             "fw_row": z(n, width + 1, hd), "c_row": z(n, width + 1, hd),
             "fw_above": z(n, width, hd), "bw_above": z(n, width, hd),  # the previous row's states
             "x_row": z(n, width, k), "pad": 0,  # this layer's inputs along the row (written by the layer below)
             "w_ltr": w_in[: 4 * hd].T, "w_rtl": w_in[4 * hd:].T, "b": conv.bias,  # (k, 4h), (8h,)
-            "w_out": (out.weight * out.mask)[:, :, 0, 0].T, "b_out": out.bias,  # (h, k), (k,)
+            "w_out": out.matrix().T, "b_out": out.bias,  # (h, k), (k,)
         }
 
     def start_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:

@@ -72,7 +72,35 @@ class MaskedConv2d(nn.Conv2d):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+        return F.conv2d(x, self.masked_weight(), self.bias, padding=self.padding)
+
+    # The kernel in pieces, for computing the layer one position at a time (the samplers).
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.weight * self.mask  # (out, in, kh, kw)
+
+    def matrix(self) -> torch.Tensor:
+        """A 1x1 layer's kernel as an (out, in) matrix."""
+        return self.masked_weight()[:, :, 0, 0]
+
+    def rows_above(self) -> torch.Tensor:
+        """The kernel's rows above its centre row, (out, in, kh // 2, kw): a convolution
+        over finished rows (`conv_rows`)."""
+        return self.masked_weight()[:, :, : self.kernel_size[0] // 2]
+
+    def centre_row(self) -> torch.Tensor:
+        """The centre row's columns up to the centre (the rest is masked) as a matrix on a
+        channels-last window of those columns: ((kw // 2 + 1) * in, out)."""
+        cy, cx = self.kernel_size[0] // 2, self.kernel_size[1] // 2
+        return self.masked_weight()[:, :, cy, : cx + 1].permute(2, 1, 0).flatten(0, 1)
+
+
+def conv_rows(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A convolution over a band of finished rows whose output is a single row: rows
+    (n, kh, W + kw - 1, in) channels last, weight (out, in, kh, kw) -> (W, n, out), one
+    position's (n, out) contiguous (what a sampler adds its per-position part to)."""
+    y = F.conv2d(rows.permute(0, 3, 1, 2), weight, bias)  # (n, out, 1, W)
+    return y[:, :, 0].permute(2, 0, 1).contiguous()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mask={self.mask_type}"

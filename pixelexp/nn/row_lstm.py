@@ -89,13 +89,12 @@ class RowLSTM(nn.Module):
         hd, k = self.hidden, self.output.out_channels
         conv, out = self.input_to_state, self.output
         p = conv.kernel_size[1] // 2
-        w_in = (conv.weight * conv.mask)[:, :, 0, : p + 1]  # (4h, k, p+1): columns j-p..j
         return {
             "x_row": z(n, p + width, k), "pad": p,  # this layer's inputs along the row, p zeros on the left
             "h_row": z(n, width, hd), "c_row": z(n, width, hd),  # states of this row
             "h_prev": z(n, width, hd), "c_prev": z(n, width, hd),  # and of the row above
-            "w_in": w_in.permute(2, 1, 0).flatten(0, 1), "b": conv.bias,  # ((p+1) k, 4h), (4h,)
-            "w_out": (out.weight * out.mask)[:, :, 0, 0].T, "b_out": out.bias,  # (h, k), (k,)
+            "w_in": conv.centre_row(), "b": conv.bias,  # ((p+1) k, 4h): columns j-p..j, (4h,)
+            "w_out": out.matrix().T, "b_out": out.bias,  # (h, k), (k,)
         }
 
     def start_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
