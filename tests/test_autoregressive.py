@@ -150,16 +150,17 @@ def test_sampling_follows_the_model(name):
     assert (counts - p).abs().max() < 0.04, (counts, p)
 
 
-FAST = [(name, shape, levels, skip) for name in ("diagonal_bilstm", "row_lstm")
-        for shape, levels, skip in [((1, 5, 6), 2, False), ((3, 3, 4), 4, True), ((1, 4, 3), 256, False)]]
+FAST = [(name, shape, levels, skip, residual) for name in ("diagonal_bilstm", "row_lstm")
+        for shape, levels, skip, residual in [((1, 5, 6), 2, False, True), ((3, 3, 4), 4, True, True),
+                                              ((1, 4, 3), 256, False, True), ((3, 3, 4), 4, False, False)]]
 
 
-@pytest.mark.parametrize("name,shape,levels,skip", FAST)
-def test_fast_rnn_sampler_returns_the_naive_samplers_images(name, shape, levels, skip):
+@pytest.mark.parametrize("name,shape,levels,skip,residual", FAST)
+def test_fast_rnn_sampler_returns_the_naive_samplers_images(name, shape, levels, skip, residual):
     """The PixelRNN samplers that keep row states draw exactly what recomputing the
     whole image for every subpixel draws, given the same random numbers."""
     from pixelexp.models.base import AutoregressiveModel
-    model = make(name, shape, levels, recurrent_length=3, use_skip=skip)
+    model = make(name, shape, levels, recurrent_length=3, use_skip=skip, use_residual=residual)
     fast = model.sample(6, generator=torch.Generator().manual_seed(3))
     naive = AutoregressiveModel.sample(model, 6, generator=torch.Generator().manual_seed(3))
     assert torch.equal(fast, naive)
@@ -174,6 +175,7 @@ def test_fast_samplers_of_models_without_recurrent_layers(name, skip):
     model = make(name, (3, 4, 5), 4, recurrent_length=0, use_skip=skip)
     fast = model.sample(5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(fast, AutoregressiveModel.sample(model, 5, generator=torch.Generator().manual_seed(1)))
+    assert fast.float().std() > 0  # not a degenerate all-zero draw
 
 
 @pytest.mark.parametrize("name,reach", [("pixel_cnn", 4), ("gated_pixel_cnn", 5)])

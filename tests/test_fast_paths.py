@@ -234,24 +234,36 @@ def test_cached_conditional_gated_sampler_draws_the_naive_samplers_images():
     assert torch.equal(fast, naive) and fast.float().std() > 0
 
 
-def test_the_sampler_check_can_fail():
-    """A cached sampler that forgets the rows above (or the residual) draws other images."""
+# What each layer's start_row reads of the row above (zeroed: only the biases are left).
+ABOVE = {"pixel_cnn": "prev", "diagonal_bilstm": "fw_row", "row_lstm": "h_prev"}
+
+
+@pytest.mark.parametrize("name", list(ABOVE))
+def test_the_sampler_check_can_fail(name):
+    """A cached sampler that forgets the rows above (or, PixelCNN, the residual) draws other images."""
     torch.manual_seed(0)
-    model = build_model("pixel_cnn", image_shape=(1, 8, 8), levels=2, hidden_dims=12, recurrent_length=3)
+    model = build_model(name, image_shape=(1, 8, 8), levels=2, hidden_dims=12, recurrent_length=3)
+    with torch.no_grad():  # larger weights than at initialization, where every logit is near 0 and
+        for p in model.parameters():  # a missing term hardly moves a draw
+            p.mul_(3)
     naive = model.naive_sample(6, generator=torch.Generator().manual_seed(1))
     assert torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive)
-    row_above, split = model._row_above, model._split_kernels
+    layer = type(model.layers[0])
+    start_row, new_cache = layer.start_row, layer.new_cache
 
-    def forgetful(img, maps, w_in, i):  # the rows above as zeros: only the biases are left
-        return row_above(torch.zeros_like(img), [torch.zeros_like(m) for m in maps], w_in, i)
+    def forgetful(self, cache, cond_row=None):
+        cache[ABOVE[name]].zero_()
+        start_row(self, cache, cond_row)
 
-    def no_residual():
-        w_in, w_cur = split()
-        return w_in, [w_cur[0]] + [torch.cat([w[: 3 * 12], 0 * w[3 * 12:]]) for w in w_cur[1:]]  # x at o: 0
-    for name, broken in (("_row_above", forgetful), ("_split_kernels", no_residual)):
+    def no_residual(self, n, width, like):
+        cache = new_cache(self, n, width, like)
+        cache["w_cur"][3 * 12:] = 0  # x at o: 0
+        return cache
+    broken = [("start_row", forgetful)] + ([("new_cache", no_residual)] if name == "pixel_cnn" else [])
+    for method, fn in broken:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(model, name, broken)
-            assert not torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive), name
+            mp.setattr(layer, method, fn)
+            assert not torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive), method
 
 
 # ---------------------------------------------------------------- training switches

@@ -126,6 +126,12 @@ class AutoregressiveModel(nn.Module):
         x = x.to(self.head.logits.weight.dtype)
         return x if self.levels == 2 else x * (2.0 / (self.levels - 1)) - 1.0
 
+    def scaled_draw(self, v: torch.Tensor) -> torch.Tensor:
+        """Drawn integers (n,) as a sampler writes them into its float image: `scale(v)`,
+        or for 2 levels v itself, which the copy into the image casts (one operation fewer
+        per subpixel)."""
+        return v if self.levels == 2 else self.scale(v)
+
     def unscale(self, v: torch.Tensor) -> torch.Tensor:
         """The inverse of `scale`: floats -> integers in [0, L)."""
         if self.levels == 2:
@@ -174,12 +180,14 @@ class AutoregressiveModel(nn.Module):
 
     @contextlib.contextmanager
     def sampling(self, generator: "torch.Generator | Draws | None", n: int, device):
-        """A sampler's run: eval mode inside (the previous mode restored after) and the
-        run's Draws (every sampler's random numbers, drawn up front)."""
+        """A sampler's run: eval mode inside (the previous mode restored after), autocast
+        off (samplers keep their maps in the parameters' dtype), and the run's Draws (every
+        sampler's random numbers, drawn up front)."""
         was_training = self.training
         self.eval()
         try:
-            yield Draws.of(generator, self.sample_draws(), n, device)
+            with torch.autocast(torch.device(device).type, enabled=False):
+                yield Draws.of(generator, self.sample_draws(), n, device)
         finally:
             self.train(was_training)
 

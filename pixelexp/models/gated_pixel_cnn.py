@@ -144,8 +144,7 @@ class GatedPixelCNN(AutoregressiveModel):
             labels = labels.to(device).long()
             n = len(labels) if n is None else n
         self._check_labels(labels, n)
-        with torch.autocast(torch.device(device).type, enabled=False):
-            return self._sample(n, device, generator, labels)
+        return self._sample(n, device, generator, labels)
 
     def _sample(self, n: int, device, generator, labels) -> torch.Tensor:
         C, H, W = self.image_shape
@@ -153,10 +152,10 @@ class GatedPixelCNN(AutoregressiveModel):
         F_ = self.layers[0].out.out_channels
         pads = [layer.vertical.k // 2 for layer in self.layers]
         ins = [C] + [F_] * (len(self.layers) - 1)
-        img = like.new_zeros(n, C, H, W)  # the drawn image, scaled
         # Kept maps, zero-padded as the convolutions pad: vertical inputs (p rows above, p
-        # columns each side) and horizontal inputs of the current row, channels last (p
-        # columns on the left); the last layer's output goes to `feats`.
+        # columns each side; vmaps[0] is the drawn image, scaled) and horizontal inputs of
+        # the current row, channels last (p columns on the left); the last layer's output
+        # goes to `feats`.
         vmaps = [like.new_zeros(n, c, H + p, W + 2 * p) for c, p in zip(ins, pads)]
         hrows = [like.new_zeros(n, W + p, c) for c, p in zip(ins, pads)]
         feats = like.new_zeros(n, F_)
@@ -174,9 +173,9 @@ class GatedPixelCNN(AutoregressiveModel):
                     for c in range(C):
                         logits = self._h_at(hrows, rowb, gbuf, wh, wout, feats, head, pads, j)  # (n, C) or (n, C*L)
                         v = self._draw_channel(logits, c, draws)  # (n,) ints
-                        hrows[0][:, j + pads[0], c] = v if self.levels == 2 else self.scale(v)
-                links = self._finish_row(img, i, vmaps, hrows, emb, pads)
-        return self.unscale(img)
+                        hrows[0][:, j + pads[0], c] = self.scaled_draw(v)
+                links = self._finish_row(i, vmaps, hrows, emb, pads)
+        return self.unscale(vmaps[0][:, :, pads[0]:, pads[0]: pads[0] + W])
 
     @staticmethod
     def _row_bias(link: torch.Tensor, layer: "GatedLayer", emb: torch.Tensor | None, sc: torch.Tensor):
@@ -205,13 +204,12 @@ class GatedPixelCNN(AutoregressiveModel):
             x = feats
         return self.head.at(x, head)
 
-    def _finish_row(self, img, i: int, vmaps, hrows, emb, pads) -> list[torch.Tensor]:
+    def _finish_row(self, i: int, vmaps, hrows, emb, pads) -> list[torch.Tensor]:
         """Row i is drawn: keep it, run the vertical stack on it (one row per layer), start
         the next row's horizontal inputs -> link(vertical) of each layer for row i + 1,
         (n, 2F, W)."""
-        W = img.shape[-1]
-        img[:, :, i] = hrows[0][:, pads[0]:].transpose(1, 2)
-        v_row = img[:, :, i]  # (n, C, W): layer 0's vertical input
+        W = self.image_shape[-1]
+        v_row = hrows[0][:, pads[0]:].transpose(1, 2)  # (n, C, W): the drawn row, layer 0's vertical input
         links = []
         for layer, p, vmap, e in zip(self.layers, pads, vmaps, emb):
             vmap[:, :, i + p, p: p + W] = v_row

@@ -1,14 +1,15 @@
-"""Row-state sampling for the PixelRNNs (Row LSTM, Diagonal BiLSTM): a 7x7 mask-A input
-layer, recurrent layers that keep their states along and above the current row, and
-the 1x1 output head.
+"""Row-state sampling for the models whose stack is a 7x7 mask-A input layer, layers that
+keep their inputs and states along and above the current row, and the 1x1 output head:
+the PixelRNNs (Row LSTM, Diagonal BiLSTM) and PixelCNN.
 
 Per row, what depends only on finished rows is computed at once for every position of
 the row: the input layer's part from the rows above (one convolution) and each layer's
-part from its states above (`layer.start_row`). Per subpixel, each layer computes its
-own position only (`layer.step`, about ten small operations, each writing its output
-into the next layer's kept row), and once a row is drawn each layer closes it
-(`layer.finish_row`: the Diagonal BiLSTM's right-to-left scan). A layer keeps its inputs
-along the row in cache["x_row"] (n, pad + W, channels), pad zero columns on the left.
+part from its rows or states above (`layer.start_row`). Per subpixel, each layer computes
+its own position only (`layer.step`: two small operations for a PixelCNN block, about
+ten for an LSTM, each writing its output into the next layer's kept row), and once a row
+is drawn each layer closes it (`layer.finish_row`: the Diagonal BiLSTM's right-to-left
+scan; the others keep the row as the row above). A layer keeps its inputs along the row
+in cache["x_row"] (n, pad + W, channels), pad zero columns on the left.
 """
 
 from __future__ import annotations
@@ -24,18 +25,13 @@ def sample_rowwise(model, n: int, device, generator, given: torch.Tensor | None 
     order. `given` (n, C, H, W) holds the pixels already drawn where `known` (H, W) is
     true (they are kept, not drawn); `cond` (n, K, H, W) is a conditioning map handed
     to the layers row by row (the multi-scale model)."""
-    with torch.autocast(torch.device(device).type, enabled=False):
-        return _sample(model, n, device, generator, given, known, cond)
-
-
-def _sample(model, n, device, generator, given, known, cond) -> torch.Tensor:
     C, H, W = model.image_shape
     k = model.input.kernel_size[0] // 2  # rows above that the 7x7 input layer sees
     like = model.input.weight
     img = like.new_zeros(n, H + k, W + 2 * k, C)  # scaled image, channels last, zero padding above and beside
     if given is not None:  # the known pixels are read from here; the rest is overwritten before it is read
         img[:, k:, k: k + W] = model.scale(given).permute(0, 2, 3, 1)
-    known = torch.zeros(H, W, dtype=torch.bool) if known is None else known.cpu()
+    known = [[False] * W] * H if known is None else known.tolist()  # Python bools: no tensor ops per subpixel
     caches = [layer.new_cache(n, W, like) for layer in model.layers]
     feats = like.new_zeros(n, model.input.out_channels)  # the last layer's output at (i, j) (no layers: the input's)
     w_above, w_cur = model.input.rows_above(), model.input.centre_row()  # the 7x7 layer: rows i-k..i-1, row i
@@ -48,13 +44,13 @@ def _sample(model, n, device, generator, given, known, cond) -> torch.Tensor:
             for layer, cache in zip(model.layers, caches):
                 layer.start_row(cache, cond_row)
             for j in range(W):
-                for c in range(1 if known[i, j] else C):  # a known pixel: just its states
+                for c in range(1 if known[i][j] else C):  # a known pixel: just its states
                     torch.addmm(above[j], img[:, i + k, j: j + k + 1].flatten(1), w_cur,
                                 out=_input_at(caches[0], j) if caches else feats)  # the input layer at (i, j)
                     logits = _at(model, caches, feats, head, j)  # (n, C) or (n, C*L)
-                    if not known[i, j]:
+                    if not known[i][j]:
                         v = model._draw_channel(logits, c, draws)  # (n,) ints
-                        img[:, i + k, j + k, c] = v if model.levels == 2 else model.scale(v)
+                        img[:, i + k, j + k, c] = model.scaled_draw(v)
             for layer, cache in zip(model.layers, caches):
                 layer.finish_row(cache, cond_row)
     return model.unscale(img[:, k:, k: k + W].permute(0, 3, 1, 2)).contiguous()  # (n, C, H, W) ints

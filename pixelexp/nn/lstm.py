@@ -149,7 +149,7 @@ class DiagonalBiLSTM(nn.Module):
         return {
             # state rows: column j+1 holds position j (column 0: the zeros left of the row)
             "fw_row": z(n, width + 1, hd), "c_row": z(n, width + 1, hd),
-            "fw_above": z(n, width, hd), "bw_above": z(n, width, hd),  # the previous row's states
+            "bw_above": z(n, width, hd),  # the previous row's right-to-left states (left-to-right: fw_row until start_row)
             "x_row": z(n, width, k), "pad": 0,  # this layer's inputs along the row (written by the layer below)
             "w_ltr": w_in[: 4 * hd].T, "w_rtl": w_in[4 * hd:].T, "b": conv.bias,  # (k, 4h), (8h,)
             "w_out": out.matrix().T, "b_out": out.bias,  # (h, k), (k,)
@@ -161,7 +161,7 @@ class DiagonalBiLSTM(nn.Module):
         the right-to-left state of the row above (the down-shift) and its bias (n, W, k)."""
         hd = self.hidden
         w_above = self.state_to_state[0, :hd]  # (h, 4h)
-        a = torch.matmul(cache["fw_above"], w_above) + cache["b"][: 4 * hd]
+        a = torch.matmul(cache["fw_row"][:, 1:], w_above) + cache["b"][: 4 * hd]  # still the row above
         if cond_row is not None:
             a = a + torch.einsum("gk,nkw->nwg", self.cond_to_state[: 4 * hd], cond_row)
         cache["above"] = a
@@ -199,4 +199,3 @@ class DiagonalBiLSTM(nn.Module):
             lstm_cell_into(torch.addmm(g[:, j], h, w_left), c, c_next, row[:, j])
             h, c, c_next = row[:, j], c_next, c
         cache["bw_above"] = row
-        cache["fw_above"].copy_(cache["fw_row"][:, 1:])

@@ -94,6 +94,9 @@ class MaskedConv2d(nn.Conv2d):
         cy, cx = self.kernel_size[0] // 2, self.kernel_size[1] // 2
         return self.masked_weight()[:, :, cy, : cx + 1].permute(2, 1, 0).flatten(0, 1)
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mask={self.mask_type}"
+
 
 def conv_rows(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """A convolution over a band of finished rows whose output is a single row: rows
@@ -101,6 +104,3 @@ def conv_rows(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     position's (n, out) contiguous (what a sampler adds its per-position part to)."""
     y = F.conv2d(rows.permute(0, 3, 1, 2), weight, bias)  # (n, out, 1, W)
     return y[:, :, 0].permute(2, 0, 1).contiguous()
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", mask={self.mask_type}"
