@@ -47,7 +47,8 @@ from pathlib import Path
 import torch
 
 from pixelexp import fast
-from pixelexp.config import load_experiment, yaml_path
+from pixelexp.config import DataConfig, load_experiment, yaml_path
+from pixelexp.errors import UserError
 from pixelexp.models import build_model, set_impl
 from pixelexp.models.base import Draws
 
@@ -130,15 +131,18 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Trainable:
-    """One model on one path (fast or plain): a training step and an evaluation."""
+    """One model on one path: `impl` plain (the reference: fp32, eager), or fast / triton
+    with the fast paths `compile_` and `graphs` ask for. A model without the Diagonal
+    BiLSTM's scan runs triton as fast."""
 
-    def __init__(self, case: Case, hp: dict, device, plain: bool, compile_: str, graphs: str = "auto",
-                 impl: str = "fast"):
+    def __init__(self, case: Case, hp: dict, device, impl: str, compile_: str = "off", graphs: str = "auto"):
         shape, levels = IMAGES[case.image]
         torch.manual_seed(0)
         self.model = build_model(case.model, image_shape=shape, levels=levels, **hp).to(device)
-        set_impl(self.model, "plain" if plain else impl)
-        self.paths = fast.PLAIN if plain else fast.resolve(case.precision, compile_, "auto", device, graphs)
+        self.impl = "fast" if impl == "triton" and not self.model.diagonal_scan else impl
+        set_impl(self.model, self.impl)
+        self.paths = fast.PLAIN if self.impl == "plain" else fast.resolve(case.precision, compile_, "auto", device,
+                                                                          graphs)
         self.net = fast.apply(self.model, self.model, self.paths)
         self.grad_step = fast.GradStep(self.net, self.model, self.paths, device)
         self.nats = fast.EvalStep(self.model, self.paths, device)
@@ -202,11 +206,11 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
     row: dict = {"model": case.model, "setting": case.setting, "image": case.image, "batch": case.batch,
                  "precision": case.precision}
     fresh_peak(device)
-    fast_t = Trainable(case, hp, device, plain=False, compile_=compile_, graphs=graphs, impl=impl)
+    fast_t = Trainable(case, hp, device, impl, compile_, graphs)
     row["parameters"] = sum(p.numel() for p in fast_t.model.parameters())
     warm = 3 if fast_t.paths.compile or fast_t.paths.graphs else 1  # compiling / capturing: first calls
     row["train_ips"] = case.batch / timed(fast_t.train_step, device, reps, warm)
-    row["fast_paths"] = (f"impl={impl}, " if impl != "fast" else "") + fast_t.paths.describe() + (" (graph capture failed)" if fast_t.paths.graphs and
+    row["fast_paths"] = (f"impl={fast_t.impl}, " if fast_t.impl != "fast" else "") + fast_t.paths.describe() + (" (graph capture failed)" if fast_t.paths.graphs and
                                                    fast_t.grad_step.graph is None else "")
     row["eval_ips"] = case.batch / timed(fast_t.eval_step, device, reps, warm)
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
@@ -226,7 +230,7 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
         del model
     del fast_t  # and its CUDA graphs' memory, before the plain version's peak is measured
     fresh_peak(device)
-    plain = Trainable(case, hp, device, plain=True, compile_="off")
+    plain = Trainable(case, hp, device, "plain")
     row["plain_train_ips"] = case.batch / timed(plain.train_step, device, max(2, reps - 1))
     row["plain_eval_ips"] = case.batch / timed(plain.eval_step, device, max(2, reps - 1))
     row["train_ratio"] = row["train_ips"] / row["plain_train_ips"]
@@ -268,11 +272,16 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
     dev = pick_device(device)
     gpu = dev.type == "cuda"
     hp = settings()
+    sets = sets or ((1,) if quick else (1, 2))
+    if impl == "triton":
+        from pixelexp.nn.triton_scan import unavailable
+        why = next(filter(None, (unavailable(hp[s]["hidden_dims"], dev) for s in sets)), None)
+        if why:
+            raise UserError(f"bench --impl triton: {why}; run it on a CUDA device with Triton, or leave out --impl")
     default_batches = (16, 256, 1024) if gpu else (16, 100)
     batches = batches or (default_batches[:1] if quick and gpu else default_batches)
     precisions = precisions or (("fp32",) if quick else ("fp32", "bf16"))
     images = images or (("28x28 gray",) if quick else tuple(IMAGES))
-    sets = sets or ((1,) if quick else (1, 2))
     t0 = time.perf_counter()
     peaks = {"fp32": peak_flops(dev, torch.float32, quick)}
     if "bf16" in precisions:
@@ -306,7 +315,8 @@ def write(result: dict, stem: Path) -> None:
     stem.with_suffix(".md").write_text(markdown(result))
 
 
-EPOCH = (55_000, 15_000)  # MNIST: training images (60,000 less data.val_size), validation + test images
+_VAL = DataConfig().val_size
+EPOCH = (60_000 - _VAL, _VAL + 10_000)  # MNIST with the default data.val_size: images trained, then evaluated
 
 
 def epoch_seconds(x: dict) -> float:
@@ -315,13 +325,14 @@ def epoch_seconds(x: dict) -> float:
 
 
 def epoch_lines(results: list[dict]) -> list[str]:
-    """pixel_rnn's time per epoch against pixel_cnn's, where a run timed both alike."""
+    """pixel_rnn's time per MNIST epoch against pixel_cnn's, where a run timed both alike on
+    MNIST's images (28x28 gray)."""
     same = lambda x: (x["setting"], x["image"], x["batch"], x["precision"])  # noqa: E731
     cnn = {same(x): x for x in results if x["model"] == "pixel_cnn"}
     out = [f"- [{x['setting']}] {x['image']} b{x['batch']} {x['precision']}: pixel_rnn "
            f"{epoch_seconds(x):.1f} s, pixel_cnn {epoch_seconds(cnn[same(x)]):.1f} s "
            f"({epoch_seconds(x) / epoch_seconds(cnn[same(x)]):.1f}x)"
-           for x in results if x["model"] == "pixel_rnn" and same(x) in cnn]
+           for x in results if x["model"] == "pixel_rnn" and same(x) in cnn and x["image"] == "28x28 gray"]
     if not out:
         return []
     return ["", f"Time per MNIST epoch at these rates ({EPOCH[0]:,} training images, then {EPOCH[1]:,} "

@@ -74,8 +74,9 @@ class ModelConfig:
     conditional: bool = opt(False, help="condition on the class label (gated_pixel_cnn)")
     scale_stride: int = opt(2, help="multiscale_pixel_rnn: the small image is every n-th row and column", min=2)
     impl: str = opt("fast", help="recurrent layers: the fast scan, the plain reference loop (same function), or "
-                                 "triton: the Diagonal BiLSTM's scan as Triton kernels (CUDA; hidden_dims a power "
-                                 "of two >= 16; else the fast scan)", choices=("fast", "plain", "triton"))
+                                 "triton: the Diagonal BiLSTM's scan as Triton kernels (pixel_rnn, "
+                                 "multiscale_pixel_rnn; hidden_dims a power of two >= 16; on CUDA, else the fast "
+                                 "scan with a warning)", choices=("fast", "plain", "triton"))
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,17 @@ def _check_consistency(cfg: Config, where: dict[str, str]) -> None:
             conditional = [n for n, m in MODELS.items() if _accepts(m, "conditional")]
             raise ConfigError(f"{w}: model.conditional=true but {cfg.model.name} is not class-conditional; "
                               f"use model.name={' or '.join(conditional)}, or model.conditional=false")
+    if cfg.model.impl == "triton":
+        from pixelexp.models import MODELS
+        from pixelexp.nn.triton_scan import fits
+        w = where.get("model.impl", "defaults")
+        if not MODELS[cfg.model.name].diagonal_scan:
+            scans = sorted({n for n, m in MODELS.items() if m.diagonal_scan})
+            raise ConfigError(f"{w}: model.impl=triton replaces the Diagonal BiLSTM's scan, which "
+                              f"{cfg.model.name} has none of; use model.impl=fast, or model.name={' or '.join(scans)}")
+        if not fits(cfg.model.hidden_dims):
+            raise ConfigError(f"{w}: model.impl=triton needs model.hidden_dims a power of two >= 16 (16, 32, 64, ...), "
+                              f"got {cfg.model.hidden_dims}; change it or use model.impl=fast")
     d = cfg.data
     w = where.get("data.binarize", where.get("data.levels", "defaults"))
     if d.levels == 2 and d.binarize == "none":

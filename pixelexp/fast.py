@@ -10,7 +10,8 @@
                                               kernels per step; a graph launches them at once),
                                               and so are the evaluation's full batches and
                                               each epoch's sample grid
-    model.impl           fast | plain         the recurrent layers' fast scans, or the plain loops
+    model.impl           fast | plain | triton  the recurrent layers' fast scans, the plain loops, or
+                                              (Diagonal BiLSTM, CUDA) the scan as Triton kernels
 
 Compilation covers the whole network for the convolutional models; for the recurrent
 ones it compiles the step functions of the scans (Row LSTM: `scan_step`, one row's
@@ -188,10 +189,6 @@ class EvalStep(_GraphedStep):
         with autocast(self.paths, self.device, cache):
             return -self.model.log_prob(x, y).float().sum(dim=(1, 2, 3))
 
-    @torch.no_grad()
-    def _capture(self, x, y, args, key) -> None:
-        super()._capture(x, y, args, key)
-
 
 def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
     """-> the module to call in training: `net` (the model, or DDP of it) made channels-last
@@ -201,11 +198,11 @@ def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
         model.to(memory_format=torch.channels_last)
     if not paths.compile:
         return net
+    _allow_recompiles(64)
     recurrent = [m for m in model.modules() if hasattr(type(m), "scan_step") or hasattr(type(m), "kernels")]
     if not recurrent:
         return _Fallback(torch.compile(net), net, warn)
     compiled = {}  # one compiled function per eager one, shared by the layers (and one warning)
-    _allow_recompiles(64)
 
     def compile_(fn):
         if fn not in compiled:
@@ -220,7 +217,7 @@ def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
 
 
 def _allow_recompiles(n: int) -> None:
-    """The step functions compile with static shapes, once per (shape, dtype, grad mode):
+    """Compiled code is specialized per (shape, dtype, grad mode, module instance):
     a run has a handful (training, its last batch, evaluation, the sampler), a benchmark
     many. Past dynamo's default limit (8 per function) a new one would run eagerly."""
     import torch._dynamo.config as dynamo

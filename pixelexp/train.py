@@ -101,6 +101,13 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def effective_impl(cfg: Config, device: torch.device) -> str:
+    """model.impl as it runs here: triton where its kernels cannot run is the fast scan."""
+    from pixelexp.nn import triton_scan
+    why = triton_scan.unavailable(cfg.model.hidden_dims, device) if cfg.model.impl == "triton" else None
+    return cfg.model.impl if why is None else f"fast (model.impl=triton: {why})"
+
+
 class _StopEval(Exception):
     pass
 
@@ -108,12 +115,13 @@ class _StopEval(Exception):
 @torch.no_grad()
 def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
              device: torch.device, labels: torch.Tensor | None = None, ctx: Dist = Dist(),
-             stop=lambda: False, paths: fast.FastPaths = fast.PLAIN, step: fast.EvalStep | None = None) -> float:
+             stop=lambda: False, step: fast.EvalStep | None = None) -> float:
     """Mean nats per image over a whole split (given its labels, for a conditional model);
     across ranks, each evaluates a slice and the sums are added. `stop()` is asked
     between batches (a signal arrived): it abandons the evaluation. `step` (the
-    trainer's, kept across epochs) may replay full batches as a CUDA graph."""
-    step = step or fast.EvalStep(model, paths, device, batch_size=batch_size)
+    trainer's, built for this batch_size and kept across epochs) may replay full batches
+    as a CUDA graph; without it, the plain path."""
+    step = step or fast.EvalStep(model, fast.PLAIN, device)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: one sync per split
@@ -306,10 +314,10 @@ class Trainer:
         # A signal abandons the evaluation (one process only: ranks evaluate different numbers of batches).
         stop = (lambda: False) if self.ctx.active else (lambda: signals.requested() is not None)  # noqa: E731
         try:
-            val = evaluate(self.model, data.val, bs, self.device, data.val_labels, self.ctx, stop, self.paths,
+            val = evaluate(self.model, data.val, bs, self.device, data.val_labels, self.ctx, stop,
                            self.eval_step) \
                 if len(data.val) else float("nan")
-            test = evaluate(self.model, data.test, bs, self.device, data.test_labels, self.ctx, stop, self.paths,
+            test = evaluate(self.model, data.test, bs, self.device, data.test_labels, self.ctx, stop,
                             self.eval_step)
         except _StopEval:
             raise self.interrupt() from None
@@ -495,7 +503,7 @@ def log_reproducibility(log, cfg: Config, data: DataSplits, n_params: int, devic
                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   "torch_version": str(torch.__version__), "pixelexp.model": cfg.model.name,
                   "python_version": platform.python_version(), "host": platform.node(), **git})
-    log.set_tags({"pixelexp.fast_paths": paths.describe(), "pixelexp.impl": cfg.model.impl})
+    log.set_tags({"pixelexp.fast_paths": paths.describe(), "pixelexp.impl": effective_impl(cfg, device)})
     text = _yaml(cfg)
     Path(log.folder).mkdir(parents=True, exist_ok=True)
     (Path(log.folder) / "config.yaml").write_text(text)

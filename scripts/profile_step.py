@@ -17,8 +17,7 @@ model = sys.argv[1] if len(sys.argv) > 1 else "pixel_rnn"
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 256
 impl = sys.argv[3] if len(sys.argv) > 3 else "fast"
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-t = Trainable(Case(model, 1, "28x28 gray", batch, "fp32"), settings()[1], device, plain=False, compile_="auto",
-              graphs="off", impl=impl)
+t = Trainable(Case(model, 1, "28x28 gray", batch, "fp32"), settings()[1], device, impl, "auto", graphs="off")
 for _ in range(3):
     t.train_step()
 cuda = device.type == "cuda"

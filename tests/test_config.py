@@ -79,6 +79,25 @@ def test_unknown_model(capsys):
     assert "model.name='pixel_gan'" in line and "pixel_cnn" in line and "pixel_rnn" in line
 
 
+@pytest.mark.parametrize("overrides,words", [
+    (["model.name=pixel_cnn"], ["model.impl=triton", "pixel_cnn", "model.impl=fast", "pixel_rnn"]),
+    (["model.name=pixel_rnn", "model.hidden_dims=12"], ["model.impl=triton", "model.hidden_dims", "power of two",
+                                                        "got 12", "model.impl=fast"]),
+])
+def test_triton_impl_only_where_its_kernels_apply(capsys, overrides, words):
+    line = fail(capsys, ["train", *overrides, "model.impl=triton"])
+    assert all(w in line for w in words), line
+
+
+def test_bench_triton_impl_without_its_device(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.chdir(REPO)  # bench reads rnn_vs_cnn's settings from experiments/
+    line = fail(capsys, ["bench", "--quick", "--device", "cpu", "--impl", "triton", "--out", str(tmp_path / "b")])
+    assert "bench --impl triton" in line and "not CUDA" in line and "leave out --impl" in line, line
+    assert not (tmp_path / "b").exists()
+
+
 def test_unknown_dataset(capsys):
     line = fail(capsys, ["experiment", EXP, "data.name=mnsit"])
     assert "data.name='mnsit'" in line and "did you mean 'mnist'" in line

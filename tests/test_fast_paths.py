@@ -189,6 +189,20 @@ def test_the_triton_scan_computes_what_the_pytorch_scan_does(device):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_the_impl_tag_says_what_runs(monkeypatch):
+    """MLflow's pixelexp.impl: model.impl=triton where its kernels cannot run is the fast scan."""
+    from pixelexp.config import load_config
+    from pixelexp.train import effective_impl
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cpu = torch.device("cpu")
+    assert effective_impl(load_config(None, ["model.impl=fast"]), cpu) == "fast"
+    assert effective_impl(load_config(None, ["model.impl=triton"]), cpu) == \
+        "fast (model.impl=triton: the device is cpu, not CUDA)"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert effective_impl(load_config(None, ["model.impl=triton"]), cpu) == "triton"
+
+
 def test_the_plain_loop_is_a_different_computation():
     """The check can fail: the plain loop without the down-shift of the right-to-left
     direction (the TensorFlow reference's leak) gives other log-probabilities."""

@@ -104,6 +104,8 @@ class AutoregressiveModel(nn.Module):
     rows_above: int | None = None
     # Class-conditional models take `labels` (B,) in logits, log_prob and sample.
     conditional: bool = False
+    # Built on Diagonal BiLSTM layers, whose scan model.impl=triton replaces.
+    diagonal_scan: bool = False
 
     def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError

@@ -37,6 +37,8 @@ class DiagonalBiLSTMPixelRNN(AutoregressiveModel):
             (`logits_given`); used by the multi-scale model.
     """
 
+    diagonal_scan = True  # model.impl=triton applies
+
     def __init__(self, image_shape, levels, hidden_dims: int = 16, recurrent_length: int = 7,
                  out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True,
                  use_skip: bool = False, cond_channels: int = 0):

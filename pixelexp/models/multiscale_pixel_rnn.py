@@ -40,6 +40,8 @@ class MultiScalePixelRNN(AutoregressiveModel):
         scale_stride: the small image takes every scale_stride-th row and column.
     """
 
+    diagonal_scan = True  # model.impl=triton applies
+
     def __init__(self, image_shape, levels, hidden_dims: int = 16, recurrent_length: int = 7,
                  out_hidden_dims: int = 32, out_recurrent_length: int = 2, use_residual: bool = True,
                  use_skip: bool = False, scale_stride: int = 2):

@@ -30,10 +30,23 @@ except ImportError:  # pragma: no cover - no Triton: the PyTorch scan is used
     triton = None
 
 
-def available(hidden: int, device: torch.device) -> bool:
+def fits(hidden: int) -> bool:
+    """The kernels' size rule for hidden_dims (tl.dot tiles): a power of two >= 16."""
+    return hidden >= 16 and hidden & (hidden - 1) == 0
+
+
+def unavailable(hidden: int, device: torch.device) -> str | None:
+    """Why the kernels cannot run here, or None."""
     import os
-    ok_device = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-    return triton is not None and ok_device and hidden >= 16 and hidden & (hidden - 1) == 0
+    if triton is None:
+        return "Triton is not installed"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"the device is {device.type}, not CUDA"
+    return None if fits(hidden) else f"hidden_dims={hidden} is not a power of two >= 16"
+
+
+def available(hidden: int, device: torch.device) -> bool:
+    return unavailable(hidden, device) is None
 
 
 _warned = set()
@@ -42,8 +55,7 @@ _warned = set()
 def warn_unavailable(hidden: int, device: torch.device) -> None:
     """Once per reason: model.impl=triton was asked for and the PyTorch scan runs instead."""
     import sys
-    why = ("Triton is not installed" if triton is None else f"the device is {device.type}, not CUDA"
-           if device.type != "cuda" else f"hidden_dims={hidden} is not a power of two >= 16")
+    why = unavailable(hidden, device)
     if why not in _warned:
         _warned.add(why)
         print(f"warning: model.impl=triton: {why}; the Diagonal BiLSTM uses the fast PyTorch scan", file=sys.stderr)
