@@ -108,7 +108,8 @@ def _pair(text: str | None, flag: str) -> tuple[int, int] | None:
     try:
         a, b = (int(v) for v in text.split(","))
     except ValueError:
-        raise UserError(f"{flag} takes two integers like 7,7, got {text!r}") from None
+        from pixelexp.config import shown
+        raise UserError(f"{flag} takes two integers like 7,7, got {shown(text)}") from None
     return a, b
 
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         rest, overrides = split_overrides(argv)
         args, unknown = build_parser().parse_known_args(rest)
         if unknown:
-            raise UserError(f"unexpected argument {unknown[0]!r}; settings are given as KEY=VALUE "
+            from pixelexp.config import shown
+            raise UserError(f"unexpected argument {shown(unknown[0])}; settings are given as KEY=VALUE "
                             f"(for example train.lr=3e-4), options as in `python -m pixelexp "
                             f"{args.command} --help`")
         args.overrides = overrides
@@ -164,9 +166,14 @@ def _dispatch(args) -> None:
     if args.command == "train":
         from pixelexp import tracking
         from pixelexp.config import load_config
-        from pixelexp.train import run
+        from pixelexp.train import preflight, run
 
+        from pixelexp.config import check_name
+        check_name(args.experiment, "experiment name", "train --experiment")
         cfg = load_config(args.config, args.overrides)
+        preflight(cfg)  # before the MLflow run and its folder exist
+        from pixelexp.signals import check
+        check("during start-up; nothing was written")
         from pixelexp.distributed import setup as setup_distributed
         if not setup_distributed().main:  # torchrun: only rank 0 tracks
             run(cfg, None, label=cfg.model.name, progress=False)
@@ -204,6 +211,8 @@ def _dispatch(args) -> None:
             sweep_report(s.name, study=sweep.open_study(s, url), multi=s.multi, metrics=s.metrics,
                          out_dir=args.out)
         elif args.experiment:
+            from pixelexp.config import check_name
+            check_name(args.experiment, "experiment name", "report")
             from pixelexp.report import make_report
             make_report(args.experiment, parent_run_id=args.parent, out_dir=args.out)
         else:

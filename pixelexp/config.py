@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +30,38 @@ def opt(default, *, help: str, choices: tuple | Callable[[], tuple] | None = Non
     """A setting with its help text and the values it allows."""
     meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive)
     return field(default=default, metadata=meta)
+
+
+SHOWN_CHARS = 60
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """repr(value) cut to `limit` characters: a user's value quoted in a one-line error stays
+    readable however long it is (a 1 MB string, a huge list)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shown_path(path: Any) -> str:
+    """A file's path as errors name it: as typed when short and printable, else cut like `shown`,
+    so a path with a newline or of 5,000 characters still gives one readable line."""
+    text = str(path)
+    return text if text.isprintable() and len(text) <= 200 else shown(text, 200)
+
+
+NAME_PATTERN = "[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+
+
+def check_name(name: Any, what: str, where: str) -> str:
+    """`name` if it is safe as a folder name, a file name and an MLflow experiment name.
+
+    Experiment, variant and sweep names become reports/<name>/, samples_<variant>.png,
+    optuna/<name>.journal: a '/', '..', a space or a newline there would write outside
+    those folders or break the file names."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name) or ".." in name:
+        raise ConfigError(f"{where}: {what} {shown(name)} is not a safe name; it must match {NAME_PATTERN} "
+                          f"and have no '..' (it names folders and files)")
+    return name
 
 
 def did_you_mean(value: Any, options, cutoff: float = 0.6) -> str:
@@ -87,7 +121,7 @@ class TrainConfig:
     lr: float = opt(1e-3, help="learning rate", min=0.0, min_exclusive=True)
     optimizer: str = opt("rmsprop", help="optimizer", choices=("rmsprop", "adam"))
     grad_clip: float = opt(1.0, help="clip the gradient norm to this (0: no clipping)", min=0.0)
-    seed: int = opt(0, help="seed of weights, data order and sampling", min=0)
+    seed: int = opt(0, help="seed of weights, data order and sampling", min=0, max=2**32 - 1)  # NumPy's limit
     device: str = opt("auto", help="where to train", choices=("auto", "cpu", "cuda"))
     lr_decay: float = opt(1.0, help="multiply the learning rate by this after each epoch", min=0.0,
                           max=1.0, min_exclusive=True)
@@ -147,17 +181,23 @@ def _field(key: str) -> dataclasses.Field:
 # ---------------------------------------------------------------------------- parsing
 
 def flatten(tree: Any, where: str, prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 1}} and {"train.lr": 1} both give {"train.lr": 1}."""
+    """{"train": {"lr": 1}} and {"train.lr": 1} both give {"train.lr": 1}.
+
+    Settings are two levels deep (section.key): a mapping under a known key stays its
+    value (and fails as the wrong type), and one under an unknown dotted key fails at
+    once instead of being walked to its bottom."""
     if not isinstance(tree, dict):
-        raise ConfigError(f"{where}: expected a mapping of settings{' under ' + repr(prefix) if prefix else ''}, "
-                          f"got {type(tree).__name__}")
+        under = f" under {shown(prefix.rstrip('.'))}" if prefix else ""
+        raise ConfigError(f"{where}: expected a mapping of settings{under}, got {type(tree).__name__}")
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and "." not in key:
             out.update(flatten(v, where, key + "."))
-        else:
-            out[key] = v
+            continue
+        if isinstance(v, dict):
+            check_key(key, where)  # a known key: its value is this mapping (refused by _coerce)
+        out[key] = v
     return out
 
 
@@ -170,7 +210,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     for a in args:
         key, sep, value = a.partition("=")
         if not sep or not key:
-            raise ConfigError(f"command line: expected KEY=VALUE, got {a!r} "
+            raise ConfigError(f"command line: expected KEY=VALUE, got {shown(a)} "
                               f"(for example train.lr=3e-4)")
         out[key.strip()] = value.strip()
     return out
@@ -193,7 +233,7 @@ _BOOLS = {"true": True, "yes": True, "on": True, "1": True,
 
 def _coerce(key: str, value: Any, where: str) -> Any:
     base, nullable = _type_of(key)
-    bad = lambda what: ConfigError(f"{where}: {key}={value!r} is {what}")  # noqa: E731
+    bad = lambda what: ConfigError(f"{where}: {key}={shown(value)} is {what}")  # noqa: E731
     if value is None or (nullable and isinstance(value, str) and value.strip().lower() in _NULLS):
         if nullable:
             return None
@@ -214,19 +254,28 @@ def _coerce(key: str, value: Any, where: str) -> Any:
                 pass
         raise bad("not an integer" + (" (null is allowed)" if nullable else ""))
     if base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise bad("not a number")
+        return _finite(key, value, where, bad)
     if base is str:
         if isinstance(value, str):
             return value
         raise bad("not a string")
     raise AssertionError(f"unhandled type {base} for {key}")
+
+
+def _finite(key: str, value: Any, where: str, bad: Callable[[str], ConfigError]) -> float:
+    """A float setting's value: a number, and a finite one (nan or inf as a learning rate
+    or a clip would pass every range check and ruin the run much later)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise bad("not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise bad("not a number") from None
+    except OverflowError:  # an integer beyond a float's range
+        raise bad("not a finite number; give a finite value") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {key}={number!r} is not a finite number; give a finite value")
+    return number
 
 
 def _check_range(key: str, value: Any, where: str) -> None:
@@ -235,29 +284,30 @@ def _check_range(key: str, value: Any, where: str) -> None:
     if callable(choices):
         choices = choices()
     if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: {key}={value!r} is not allowed{did_you_mean(value, choices)}; "
+        raise ConfigError(f"{where}: {key}={shown(value)} is not allowed{did_you_mean(value, choices)}; "
                           f"choose one of: {', '.join(map(str, choices))}")
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
         op = ">" if meta.get("min_exclusive") else ">="
-        raise ConfigError(f"{where}: {key}={value!r} is out of range; it must be {op} {lo}")
+        raise ConfigError(f"{where}: {key}={shown(value)} is out of range; it must be {op} {lo}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{where}: {key}={value!r} is out of range; it must be <= {hi}")
+        raise ConfigError(f"{where}: {key}={shown(value)} is out of range; it must be <= {hi}")
 
 
-def check_key(key: str, where: str) -> None:
+def check_key(key: Any, where: str) -> None:
+    """Refuse a key that is not a setting, naming the closest and the known ones."""
     known = known_keys()
     if key in known:
         return
     hint = did_you_mean(key, known, cutoff=0.5)
-    section = key.split(".")[0]
+    section = str(key).split(".")[0]
     if section in SECTIONS:
         allowed = ", ".join(k for k in known if k.startswith(section + "."))
     else:
         allowed = "sections " + ", ".join(SECTIONS)
-    raise ConfigError(f"{where}: unknown key {key!r}{hint}; known: {allowed}")
+    raise ConfigError(f"{where}: unknown key {shown(key)}{hint}; known: {allowed}")
 
 
 def resolve(layers: list[dict[str, Any]], wheres: list[str]) -> Config:
@@ -341,51 +391,182 @@ def yaml_path(name_or_path: str, folder: str) -> Path:
     return Path(folder) / f"{name_or_path}.yaml"
 
 
-def read_yaml(path: str | Path, what: str = "experiment") -> dict:
-    p = Path(path)
-    if not p.is_file():
-        folder = p.parent if str(p.parent) not in ("", ".") else Path(".")
-        found = sorted(x.stem for x in folder.glob("*.yaml")) if folder.is_dir() else []
-        hint = f"; available in {folder}/: {', '.join(found)}" if found else ""
-        raise ConfigError(f"{p}: no such {what} file{hint}")
+MAX_YAML_BYTES = 256 * 1024  # experiment, sweep and config files are a few KiB
+MAX_YAML_DEPTH = 32  # the deepest real file nests about 6 levels
+
+
+class YamlRefused(Exception):
+    """What the strict loader refuses, at a line of the file (`read_yaml` names the file)."""
+
+    def __init__(self, line: int, text: str):
+        super().__init__(f"line {line}: {text}")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses anchors and aliases, duplicate keys and deep nesting.
+
+    An alias repeats a value without writing it out: a few hundred bytes of nested
+    aliases expand to billions of values (an alias bomb), so the first anchor or alias
+    stops the load, before anything is expanded. A key given twice in one mapping would
+    silently keep the last value. Nesting is bounded so the recursive composer (and
+    `flatten` after it) never hit Python's recursion limit."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
+            name = event.anchor[:30]
+            raise YamlRefused(line, f"YAML anchors and aliases (&{name}, *{name}) are not allowed; "
+                                    f"write the values out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YamlRefused(line, f"nested more than {MAX_YAML_DEPTH} levels deep; settings are "
+                                        f"section.key: value")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise YamlRefused(line, f"key {shown(key)} appears twice in one mapping (also at line "
+                                            f"{seen[key]}); keep one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _size(n: int) -> str:
+    """A file size as a person reads it: 812 bytes, 300 KiB, 3.1 MiB."""
+    if n < 1024:
+        return f"{n} bytes"
+    return f"{n / 1024:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
+
+
+def _missing(p: Path, what: str) -> ConfigError:
+    """No such file: list the YAML files of its folder, which hold the likely intended one."""
+    folder = p.parent if str(p.parent) not in ("", ".") else Path(".")
     try:
-        tree = yaml.safe_load(p.read_text())
+        found = sorted(x.stem for x in folder.glob("*.yaml")) if folder.is_dir() else []
+    except OSError:
+        found = []
+    hint = f"; available in {shown_path(folder)}/: {', '.join(found)}" if found else ""
+    return ConfigError(f"{shown_path(p)}: no such {what} file{hint}")
+
+
+def _read_text(p: Path, what: str) -> str:
+    """The file's text, refused before reading when larger than MAX_YAML_BYTES (stat, and then
+    at most that many bytes read, should it grow meanwhile) or when it is not UTF-8."""
+    where = shown_path(p)
+    try:
+        if not p.is_file():
+            raise _missing(p, what)
+        size = p.stat().st_size
+        limit = f"{what} files are at most {_size(MAX_YAML_BYTES)}"
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{where}: is {_size(size)}; {limit}")
+        with open(p, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot be read ({e.strerror or type(e).__name__}); check the path") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: is over {_size(MAX_YAML_BYTES)}; {limit}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                          f"save it as UTF-8") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """' at line N: problem' from a YAML error, on one line and of readable length."""
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    first = (problem.strip().splitlines() or [""])[0]
+    return f"{at}: {first if len(first) <= 200 else first[:197] + '...'}"
+
+
+def read_yaml(path: str | Path, what: str = "experiment") -> dict:
+    """The one reader of YAML files (experiment, sweep, config): size-limited, strict
+    (no anchors or aliases, no key twice), and a mapping at the top."""
+    p = Path(path)
+    text = _read_text(p, what)
+    try:
+        tree = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except YamlRefused as e:
+        raise ConfigError(f"{shown_path(p)}: {e}") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{shown_path(p)}: not valid YAML{_yaml_problem(e)}") from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"{p}: expected a mapping with keys {', '.join(EXPERIMENT_KEYS)}")
+        keys = f"keys {', '.join(EXPERIMENT_KEYS)}" if what == "experiment" else "settings"
+        raise ConfigError(f"{shown_path(p)}: expected a mapping with {keys}, got {type(tree).__name__}")
     return tree
 
 
 def load_experiment(path: str | Path, overrides: list[str] | dict | None = None) -> Experiment:
     """experiments/<name>.yaml + command-line overrides -> checked variants."""
     p = Path(path)
+    at = shown_path(p)
     tree = read_yaml(p)
     for k in tree:
         if k not in EXPERIMENT_KEYS:
-            raise ConfigError(f"{p}: unknown top-level key {k!r}{did_you_mean(k, EXPERIMENT_KEYS)}; "
+            raise ConfigError(f"{at}: unknown top-level key {shown(k)}{did_you_mean(k, EXPERIMENT_KEYS)}; "
                               f"allowed: {', '.join(EXPERIMENT_KEYS)}")
-    base = flatten(tree.get("base") or {}, f"{p} (base)")
+    name = check_name(_experiment_name(tree.get("name"), p), "experiment name", at)
+    base = flatten({} if tree.get("base") is None else tree["base"], f"{at} (base)")
     cli = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
-    raw_variants = tree.get("variants") or [{"name": "default"}]
-    if not isinstance(raw_variants, list):
-        raise ConfigError(f"{p}: 'variants' must be a list of mappings, each with a 'name'")
-    variants, seen = [], set()
-    for i, v in enumerate(raw_variants):
-        if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not v["name"]:
-            raise ConfigError(f"{p}: variant #{i + 1} needs a 'name' (a string) beside its settings")
-        name = v["name"]
-        if name in seen:
-            raise ConfigError(f"{p}: variant name {name!r} appears twice; names must be unique")
-        seen.add(name)
-        where = f"{p} (variant {name})"
+    raw = _raw_variants(tree.get("variants"), at)
+    variants = []
+    for vname, v in zip(_variant_names(raw, at), raw):
+        where = f"{at} (variant {vname})"
         own = flatten({k: x for k, x in v.items() if k not in ("name", "published")}, where)
-        cfg = resolve([base, own, cli], [f"{p} (base)", where, "command line"])
-        variants.append(Variant(name, cfg, _published(v.get("published"), where)))
-    name = tree.get("name") or p.stem
-    return Experiment(str(name), p, str(tree.get("description") or ""), tuple(variants))
+        cfg = resolve([base, own, cli], [f"{at} (base)", where, "command line"])
+        variants.append(Variant(vname, cfg, _published(v.get("published"), where)))
+    return Experiment(name, p, str(tree.get("description") or ""), tuple(variants))
+
+
+def _variant_names(raw: list, at: str) -> list[str]:
+    """Every variant's name, all checked before any variant's settings: each a safe name, none twice."""
+    names: list[str] = []
+    for i, v in enumerate(raw):
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not v["name"]:
+            raise ConfigError(f"{at}: variant #{i + 1} needs a 'name' (a string) beside its settings")
+        name = check_name(v["name"], f"variant #{i + 1}'s name", at)
+        if name in names:
+            raise ConfigError(f"{at}: variant name {name!r} appears twice; names must be unique")
+        names.append(name)
+    return names
+
+
+def _experiment_name(given: Any, p: Path) -> Any:
+    """The file's `name:`, else its stem; a number is taken as its digits (`name: 2024`)."""
+    if given is None or given == "":
+        return p.stem
+    return str(given) if isinstance(given, int) and not isinstance(given, bool) else given
+
+
+def _raw_variants(tree: Any, at: str) -> list:
+    """`variants:` as given, or one `default` variant when the key is left out. An empty list
+    is refused: it reads as "no runs", not as "one run of the base"."""
+    if tree is None:
+        return [{"name": "default"}]
+    if not isinstance(tree, list):
+        raise ConfigError(f"{at}: 'variants' must be a list of mappings, each with a 'name'")
+    if not tree:
+        raise ConfigError(f"{at}: 'variants' is an empty list; give at least one variant (- name: ...), "
+                          f"or leave 'variants' out for a single run of the base")
+    return tree
 
 
 PUBLISHED_METRICS = ("test_bpd", "test_nats")
@@ -400,9 +581,11 @@ def _published(tree: Any, where: str) -> dict[str, float]:
     out = {}
     for k, v in tree.items():
         if k not in PUBLISHED_METRICS:
-            raise ConfigError(f"{where}: published metric {k!r} is unknown; use {', '.join(PUBLISHED_METRICS)}")
+            raise ConfigError(f"{where}: published metric {shown(k)} is unknown; use {', '.join(PUBLISHED_METRICS)}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{where}: published {k}={v!r} is not a number")
+            raise ConfigError(f"{where}: published {k}={shown(v)} is not a number")
+        if not math.isfinite(v if isinstance(v, float) else 0.0) or abs(v) > 1e300:
+            raise ConfigError(f"{where}: published {k}={shown(v)} is not a finite number; give the paper's value")
         out[k] = float(v)
     return out
 
@@ -412,11 +595,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     layers, wheres = [], []
     if path is not None:
         tree = read_yaml(path, "config")
+        at = shown_path(path)
         if "base" in tree or "variants" in tree:
-            raise ConfigError(f"{path}: is an experiment file (it has base/variants); "
-                              f"run it with `python -m pixelexp experiment {path}`")
-        layers.append(flatten(tree, str(path)))
-        wheres.append(str(path))
+            raise ConfigError(f"{at}: is an experiment file (it has base/variants); "
+                              f"run it with `python -m pixelexp experiment {at}`")
+        layers.append(flatten(tree, at))
+        wheres.append(at)
     cli = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
     layers.append(cli)
     wheres.append("command line")

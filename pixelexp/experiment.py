@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixelexp import tracking
+from pixelexp import signals, tracking
 from pixelexp.config import Experiment, load_experiment, yaml_path
-from pixelexp.data import load_data
 from pixelexp.distributed import broadcast
 from pixelexp.distributed import setup as setup_distributed
-from pixelexp.train import RunResult, make_model, pick_device, run
+from pixelexp.errors import UserError
+from pixelexp.train import RunResult, run
+from pixelexp.train import preflight as check_run
 
 
 @dataclass
@@ -37,22 +38,24 @@ class ExperimentResult:
 
 def preflight(exp: Experiment) -> None:
     for v in exp.variants:
-        cfg = v.config
-        pick_device(cfg.train.device)
-        data = load_data(cfg.data)
-        make_model(cfg, data.image_shape, data.levels, data.num_classes)
+        check_run(v.config)
 
 
-def find_unfinished(tracker, sha: str, overrides: str, world: int):
-    """The newest parent run of this file content and overrides, if it did not finish and
-    no live process runs it."""
+def find_unfinished(tracker, name: str, sha: str, overrides: str, world: int):
+    """The newest parent run of this file content and overrides if it did not finish, held
+    by this process from here on; a one-line error if another process runs it."""
     for r in tracker.find_runs("tags.`pixelexp.kind` = 'experiment'"):
         t = r.data.tags
         if (t.get("pixelexp.experiment_sha"), t.get("pixelexp.overrides"), t.get("pixelexp.world_size")) \
                 != (sha, overrides, str(world)):
             continue
-        if r.info.status == "FINISHED" or tracking.owner_alive(r.info.run_id):
+        if r.info.status == "FINISHED":
             return None
+        owner = tracking.owner_alive(r.info.run_id)
+        if owner:
+            raise UserError(f"experiment {name} with these settings is running in process {owner} (parent run "
+                            f"{r.info.run_id}); wait for it to end, or add --fresh to start another parent run")
+        tracking.claim(r.info.run_id)  # atomic: of two continuations at once, one goes on
         return r
     return None
 
@@ -62,6 +65,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     overrides = list(overrides or [])
     exp = load_experiment(yaml_path(str(path), "experiments"), overrides)
     preflight(exp)
+    signals.check("during start-up; nothing was written")
     ctx = setup_distributed()
     if not ctx.main:  # torchrun: ranks > 0 train along, rank 0 alone tracks and reports
         for v in exp.variants:
@@ -72,7 +76,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     git = tracking.git_state()
     sha = hashlib.sha256(exp.path.read_bytes()).hexdigest()
     over = " ".join(overrides) or "(none)"
-    found = None if fresh else find_unfinished(tracker, sha, over, ctx.world)
+    found = None if fresh else find_unfinished(tracker, exp.name, sha, over, ctx.world)
     if found is not None:
         parent = tracker.reopen(found.info.run_id)
         echo(f"experiment {exp.name}: continuing parent run {parent.run_id} ({found.info.status}); "
@@ -111,6 +115,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 child.seed_from_store()
             else:
                 ckpt = None
+                signals.check(f"before variant {v.name} started")  # between variants: no empty child run
                 child = tracker.start_run(v.name, parent=parent, tags={
                     "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git,
                     **{f"published.{k}": val for k, val in v.published.items()}})
@@ -120,7 +125,12 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     report_dir = None
     if report:
         from pixelexp.report import make_report
-        report_dir = make_report(exp.name, parent_run_id=parent.run_id, echo=echo)
+        try:
+            with signals.at_once():
+                report_dir = make_report(exp.name, parent_run_id=parent.run_id, echo=echo)
+        except KeyboardInterrupt:
+            raise signals.interrupted(f"while writing reports/{exp.name}/ (every run finished; "
+                                      f"`make report EXP={exp.name}` writes it)") from None
     echo("")
     echo(f"MLflow store:   {tracker.uri}")
     echo(f"experiment:     {exp.name} (id {tracker.experiment_id})")

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pixelexp.errors import UserError
+
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -40,23 +42,50 @@ class Journal:
         if meta is not None:
             _atomic_write(self.folder / "meta.json", json.dumps(meta))
         self.events: list[dict[str, Any]] = self._read()
-        self.sent = int(self.sent_path.read_text() or 0) if self.sent_path.exists() else 0
+        self.sent = self._read_sent()
         self.seen: set[tuple] = {i for e in self.events for i in self._identities(e)}
 
     @property
     def meta(self) -> dict[str, Any]:
         p = self.folder / "meta.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not p.exists():
+            return {}
+        try:
+            meta = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError):
+            meta = None
+        if not isinstance(meta, dict):
+            raise self._damaged(p, "is not the journal's JSON header")
+        return meta
+
+    def _damaged(self, path: Path, what: str) -> UserError:
+        return UserError(f"{path} {what}: the journal is damaged; move {self.folder} aside (its records are then "
+                         f"not sent) or repair that file")
+
+    def _read_sent(self) -> int:
+        if not self.sent_path.exists():
+            return 0
+        text = self.sent_path.read_text(errors="replace").strip() or "0"
+        if not text.isdigit() or int(text) > len(self.events):
+            raise self._damaged(self.sent_path, f"holds {text[:20]!r}, not a count of at most {len(self.events)} "
+                                                f"records")
+        return int(text)
 
     def _read(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
             return []
         events, size = [], 0
         with open(self.events_path, "rb") as f:
-            for line in f:
+            for n, line in enumerate(f, 1):
                 if not line.endswith(b"\n"):  # the half-written last line of a killed process
                     break
-                events.append(json.loads(line))
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    event = None
+                if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
+                    raise self._damaged(self.events_path, f"line {n} is not a journal record")
+                events.append(event)
                 size += len(line)
         # Cut any torn tail, so that the next append starts on a fresh line.
         if self.events_path.stat().st_size != size:

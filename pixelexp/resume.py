@@ -16,11 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from pixelexp import checkpoint, tracking
+from pixelexp import checkpoint, signals, tracking
 from pixelexp.config import Config, config_from_dict, parse_overrides, resolve
 from pixelexp.data import load_data
 from pixelexp.errors import CheckpointError, UserError
-from pixelexp.train import RunResult, check_resumable, make_model, run
+from pixelexp.train import RunResult, check_resumable, make_model, preflight, run
 
 
 def run_config(tracker: tracking.Tracker, run_id: str) -> Config:
@@ -36,7 +36,14 @@ def run_config(tracker: tracking.Tracker, run_id: str) -> Config:
                 raise UserError(f"run {run_id} has no config.yaml (neither in {local} nor in MLflow): "
                                 f"it is not a pixelexp training run, or it was killed before it started") from None
         where = f"run {run_id} config.yaml"
-    return config_from_dict(yaml.safe_load(text), where)
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError:
+        tree = None
+    if not isinstance(tree, dict):
+        raise UserError(f"{where} is damaged (not a mapping of settings); restore it from the run's MLflow "
+                        f"artifact config.yaml, or start a new run")
+    return config_from_dict(tree, where)
 
 
 def _load_latest(run_id: str, uri: str) -> dict | None:
@@ -79,13 +86,12 @@ def prepare(tracker: tracking.Tracker, run_id: str, cfg: Config, explicit: str |
 
 
 def check_can_resume(run_id: str, status: str) -> None:
+    """A run can be resumed when it did not finish and no other process holds it; this
+    process then holds it."""
     if status == "FINISHED":
         raise UserError(f"run {run_id} has finished; `python -m pixelexp rerun {run_id}` starts a new run "
                         f"from its config")
-    owner = tracking.owner_alive(run_id)
-    if owner:
-        raise UserError(f"run {run_id} is still running (process {owner}); stop it first "
-                        f"(kill -TERM {owner.split(':')[1]} writes a checkpoint)")
+    tracking.claim(run_id)  # atomic: of two resumes at once, one runs and one gets this line
 
 
 def resume_run(run_id: str, *, checkpoint_path: str | None = None, progress: bool = True,
@@ -96,6 +102,7 @@ def resume_run(run_id: str, *, checkpoint_path: str | None = None, progress: boo
     cfg = run_config(tracker, run_id)
     ckpt = prepare(tracker, run_id, cfg, checkpoint_path)
     label = info.info.run_name or cfg.model.name
+    signals.check(f"during start-up; run {run_id} was not touched")
     echo(f"resuming run {run_id} ({label}) in {tracker.uri} from "
          f"{ckpt['_path'] if ckpt else 'the start (no checkpoint was written)'}")
     log = tracker.reopen(run_id)
@@ -113,6 +120,8 @@ def rerun(run_id: str, overrides: list[str] | None = None, *, progress: bool = T
     cfg = run_config(tracker, run_id)
     if overrides:
         cfg = resolve([cfg.flat(), parse_overrides(overrides)], [f"run {run_id} config", "command line"])
+    preflight(cfg)
+    signals.check("during start-up; nothing was written")
     then, now = info.data.tags.get("git_commit"), tracking.git_state()["git_commit"]
     if then and then != now:
         echo(f"note: run {run_id} ran commit {then[:10]}, this checkout is {now[:10]}")

@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelexp.config import (Config, check_key, did_you_mean, flatten, load_experiment, parse_overrides,
-                             read_yaml, resolve, yaml_path)
+from pixelexp import signals
+from pixelexp.config import (Config, check_key, check_name, did_you_mean, flatten, load_experiment, parse_overrides,
+                             read_yaml, resolve, shown, shown_path, yaml_path)
 from pixelexp.errors import ConfigError, Interrupted, TrackingOutage, UserError
 
 SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
@@ -110,7 +111,7 @@ def _param(key: str, spec: Any, where: str, base: Config) -> Param:
                "categorical": {"type", "choices"}}[spec["type"]]
     extra = set(spec) - allowed
     if extra:
-        raise ConfigError(f"{where}: space.{key} ({spec['type']}) takes no {sorted(extra)[0]!r}; "
+        raise ConfigError(f"{where}: space.{key} ({spec['type']}) takes no {shown(sorted(extra, key=str)[0])}; "
                           f"it takes {', '.join(sorted(allowed))}")
     if spec["type"] == "categorical":
         choices = spec.get("choices")
@@ -119,28 +120,84 @@ def _param(key: str, spec: Any, where: str, base: Config) -> Param:
         for c in choices:  # every choice must be a valid value of the key
             resolve([base.flat(), {key: c}], ["sweep base", f"{where} (space.{key})"])
         return Param(key, "categorical", choices=tuple(choices))
-    try:
-        low, high = float(spec["low"]), float(spec["high"])
-        step = None if spec.get("step") is None else float(spec["step"])
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{where}: space.{key} needs numbers low and high (and optionally step)") from None
-    if not low < high:
-        raise ConfigError(f"{where}: space.{key} has low={low:g} >= high={high:g}")
-    if spec["type"] == "int" and (low != int(low) or high != int(high)):
-        raise ConfigError(f"{where}: space.{key} is an int parameter; low and high must be integers")
-    log = bool(spec.get("log", False))
+    low, high, step = _numbers(key, spec, where)
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: space.{key} has log={shown(log)}; it must be true or false")
     if log and low <= 0:
         raise ConfigError(f"{where}: space.{key} with log: true needs low > 0")
+    if log and step is not None:
+        raise ConfigError(f"{where}: space.{key} has both log: true and step={step:g}; Optuna samples a log scale "
+                          f"without steps: drop one of them")
     for v in (low, high):  # the bounds must be valid values of the key
         resolve([base.flat(), {key: int(v) if spec["type"] == "int" else v}], ["sweep base", f"{where} (space.{key})"])
     return Param(key, spec["type"], low, high, step, log)
 
 
+def _numbers(key: str, spec: dict, where: str) -> tuple[float, float, float | None]:
+    """low, high and step of an int or float space: finite numbers, low < high, step > 0, and
+    integers for an int space. Checked here because Optuna only refuses them once the
+    study and its MLflow runs exist (or, for nan, never, and samples nan)."""
+    values: dict[str, float | None] = {}
+    for name in ("low", "high", "step"):
+        raw = spec.get(name)
+        if raw is None and name == "step":
+            values[name] = None
+            continue
+        try:
+            if isinstance(raw, bool):
+                raise TypeError
+            values[name] = float(raw)
+        except OverflowError:  # an integer beyond a float's range
+            values[name] = math.inf
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: space.{key} needs numbers low and high (and optionally step); "
+                              f"{name}={shown(raw)} is not one") from None
+        if not math.isfinite(values[name]):
+            raise ConfigError(f"{where}: space.{key} has {name}={values[name]!r}, not a finite number; "
+                              f"give finite numbers")
+    low, high, step = values["low"], values["high"], values["step"]
+    if not low < high:
+        raise ConfigError(f"{where}: space.{key} has low={low:g} >= high={high:g}")
+    if step is not None and step <= 0:
+        raise ConfigError(f"{where}: space.{key} has step={step:g}; it must be > 0 (or left out)")
+    if spec["type"] == "int" and any(v is not None and v != int(v) for v in (low, high, step)):
+        raise ConfigError(f"{where}: space.{key} is an int parameter; low, high and step must be integers")
+    return low, high, step
+
+
+GRID_MAX_POINTS = 1_000_000  # Optuna's grid sampler holds every point in memory
+
+
+def _check_grid(space: tuple[Param, ...], where: str) -> None:
+    """`sampler: {type: grid}` needs a finite, modest grid: a float without a step, or
+    a step so fine that the grid has billions of points, is refused before any study exists."""
+    total = 1
+    for p in space:
+        if p.type == "categorical":
+            n = len(p.choices)
+        elif p.type == "float" and p.step is None:
+            raise ConfigError(f"{where}: sampler grid needs a step for the float parameter space.{p.key}; "
+                              f"add step: or choose another sampler")
+        else:
+            ratio = (p.high - p.low) / (p.step or 1)
+            n = math.floor(ratio + 1e-9) + 1 if ratio <= GRID_MAX_POINTS else GRID_MAX_POINTS + 1
+        total = min(total * n, GRID_MAX_POINTS + 1)
+    if total > GRID_MAX_POINTS:
+        raise ConfigError(f"{where}: sampler grid would hold over {GRID_MAX_POINTS:,} points; "
+                          f"use larger steps, fewer choices or another sampler")
+
+
 def _choice(value: Any, allowed: tuple, what: str, where: str) -> str:
     if value not in allowed:
-        raise ConfigError(f"{where}: {what}={value!r} is not allowed{did_you_mean(value, allowed)}; "
+        raise ConfigError(f"{where}: {what}={shown(value)} is not allowed{did_you_mean(value, allowed)}; "
                           f"choose one of: {', '.join(allowed)}")
     return value
+
+
+def _plain(key: Any) -> str:
+    """A key as typed when it is a short printable string (sampler.typ), else cut like `shown`."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 60 else shown(key)
 
 
 def _options(tree: Any, default: str, keys: tuple, what: str, where: str) -> dict:
@@ -150,29 +207,55 @@ def _options(tree: Any, default: str, keys: tuple, what: str, where: str) -> dic
         raise ConfigError(f"{where}: {what} must be a mapping like {{type: {default}}}")
     for k in tree:
         if k not in keys:
-            raise ConfigError(f"{where}: {what}.{k} is unknown{did_you_mean(k, keys)}; "
+            raise ConfigError(f"{where}: {what}.{_plain(k)} is unknown{did_you_mean(k, keys)}; "
                               f"{what} takes {', '.join(keys)}")
     return dict(tree)
+
+
+def _seconds(tree: dict, key: str, default: float | None, least: float, where: str) -> float | None:
+    """`timeout:` / `heartbeat:`: a finite number of seconds (nan or inf would stop a sweep
+    before its first trial, or crash its heartbeat thread)."""
+    value = tree.get(key, default)
+    if value is None and default is None:
+        return None
+    number = value if isinstance(value, float) else math.inf  # an int may be beyond a float's range
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+        number = float(value)
+    if not math.isfinite(number) or number < least or (least == 0 and number == 0):
+        bound = "> 0 (or null)" if least == 0 else f">= {least:g}"
+        raise ConfigError(f"{where}: {key}={shown(value)} must be a finite number of seconds {bound}")
+    return number
+
+
+SEED_MAX = 2**32 - 1  # NumPy's seeds, which Optuna's samplers use
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     p = yaml_path(str(path), "sweeps")
     tree = read_yaml(p, "sweep")
-    where = str(p)
+    where = shown_path(p)
     for k in tree:
         if k not in SWEEP_KEYS:
-            raise ConfigError(f"{where}: unknown key {k!r}{did_you_mean(k, SWEEP_KEYS)}; "
+            raise ConfigError(f"{where}: unknown key {shown(k)}{did_you_mean(k, SWEEP_KEYS)}; "
                               f"allowed: {', '.join(SWEEP_KEYS)}")
-    if "experiment" not in tree:
+    name = check_name(p.stem, "sweep name (the file's name)", where)
+    if not isinstance(tree.get("experiment"), str) or not tree["experiment"]:
         raise ConfigError(f"{where}: needs 'experiment', the experiment file the trials start from")
-    exp = load_experiment(_experiment_path(str(tree["experiment"]), p))
+    try:
+        exp_path = _experiment_path(tree["experiment"], p)
+    except OSError as e:
+        raise ConfigError(f"{where}: experiment={shown(tree['experiment'])} cannot be a file "
+                          f"({e.strerror}); name one in experiments/") from None
+    exp = load_experiment(exp_path)
     names = [v.name for v in exp.variants]
     variant = tree.get("variant", names[0])
     if variant not in names:
-        raise ConfigError(f"{where}: variant={variant!r} is not in {exp.path}; choose one of: {', '.join(names)}")
+        raise ConfigError(f"{where}: variant={shown(variant)} is not in {shown_path(exp.path)}; "
+                          f"choose one of: {', '.join(names)}")
     start = next(v.config for v in exp.variants if v.name == variant)
-    base = resolve([start.flat(), flatten(tree.get("overrides") or {}, f"{where} (overrides)"),
-                    parse_overrides(overrides or [])], [str(exp.path), f"{where} (overrides)", "command line"])
+    own = {} if tree.get("overrides") is None else tree["overrides"]
+    base = resolve([start.flat(), flatten(own, f"{where} (overrides)"), parse_overrides(overrides or [])],
+                   [shown_path(exp.path), f"{where} (overrides)", "command line"])
     space_tree = tree.get("space")
     if not isinstance(space_tree, dict) or not space_tree:
         raise ConfigError(f"{where}: needs a 'space' mapping keys to {{type: int|float|categorical, ...}}")
@@ -193,10 +276,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         _choice(d, ("minimize", "maximize"), "direction", where)
     n_trials = tree.get("n_trials", 20)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise ConfigError(f"{where}: n_trials={n_trials!r} must be an integer >= 1")
-    timeout = tree.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ConfigError(f"{where}: timeout={timeout!r} must be a number of seconds > 0 (or null)")
+        raise ConfigError(f"{where}: n_trials={shown(n_trials)} must be an integer >= 1")
+    timeout = _seconds(tree, "timeout", None, 0, where)
     sampler = _options(tree.get("sampler"), "tpe", ("type", "seed"), "sampler", where)
     _choice(sampler.get("type", "tpe"), SAMPLERS, "sampler.type", where)
     pruner = _options(tree.get("pruner"), "median", ("type", "n_startup_trials", "n_warmup_steps"), "pruner", where)
@@ -204,14 +285,17 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     for block, key in ((sampler, "seed"), (pruner, "n_startup_trials"), (pruner, "n_warmup_steps")):
         v = block.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ConfigError(f"{where}: {key}={v!r} must be an integer >= 0")
+            raise ConfigError(f"{where}: {key}={shown(v)} must be an integer >= 0")
+    if sampler.get("seed", 0) > SEED_MAX:
+        raise ConfigError(f"{where}: sampler.seed={sampler['seed']} is too large; it must be <= {SEED_MAX}")
+    if sampler.get("type") == "grid":
+        _check_grid(space, where)
     storage = tree.get("storage")
-    heartbeat = tree.get("heartbeat", 30)
-    if isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat < 1:
-        raise ConfigError(f"{where}: heartbeat={heartbeat!r} must be a number of seconds >= 1")
-    return Sweep(p.stem, p, base, space, tuple(metrics), tuple(directions), n_trials,
-                 None if timeout is None else float(timeout), sampler, pruner, storage,
-                 str(tree.get("description") or ""), float(heartbeat))
+    if storage is not None and (not isinstance(storage, str) or not storage.strip()):
+        raise ConfigError(f"{where}: storage={shown(storage)} must be a URL such as sqlite:///optuna.db (or null)")
+    heartbeat = _seconds(tree, "heartbeat", 30, 1, where)
+    return Sweep(name, p, base, space, tuple(metrics), tuple(directions), n_trials, timeout, sampler, pruner,
+                 storage, str(tree.get("description") or ""), heartbeat)
 
 
 def _experiment_path(name: str, sweep_path: Path) -> Path:
@@ -242,9 +326,21 @@ def _optuna():
     return optuna
 
 
-def make_sampler(sweep: Sweep):
+def trial_seed(sweep: Sweep, number: int) -> int:
+    """The sampler's seed for trial `number`: from the sweep's seed and the trial's number.
+
+    Each worker process has its own sampler; seeded alike, two workers (or a rerun of an
+    interrupted sweep) would draw the same points. Seeded per trial, trial n draws the
+    same way whichever worker runs it, and differently from every other trial."""
+    import numpy as np
+    return int(np.random.SeedSequence([int(sweep.sampler.get("seed", 0)), number]).generate_state(1)[0])
+
+
+def make_sampler(sweep: Sweep, seed: int | None = None):
+    """The sweep's sampler, seeded with `seed` (default: the file's sampler.seed)."""
     optuna = _optuna()
-    kind, seed = sweep.sampler.get("type", "tpe"), sweep.sampler.get("seed", 0)
+    kind = sweep.sampler.get("type", "tpe")
+    seed = sweep.sampler.get("seed", 0) if seed is None else seed
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "cmaes":
@@ -368,8 +464,8 @@ def close_dead_runs(tracker, trials) -> None:
     for t in trials:
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id and tracker.has_run(run_id) and tracker.client.get_run(run_id).info.status == "RUNNING":
-            tracker.client.set_tag(run_id, "optuna.state", "failed (worker died; retried)")
-            tracker.client.set_terminated(run_id, status="KILLED")
+            tracker.set_tags(run_id, {"optuna.state": "failed (worker died; retried)"})
+            tracker.set_terminated(run_id, "KILLED")
 
 
 def counted(study) -> int:
@@ -397,6 +493,7 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
     beating = _heartbeats(study)
     done = 0
     while deadline is None or time.time() < deadline:
+        signals.check("between trials")  # before taking a trial: it stays queued for the next run
         trial_id = study._pop_waiting_trial_id()  # atomic: each queued trial goes to one worker
         if trial_id is None:
             # Nothing queued. On a server, a trial still RUNNING may belong to a dead worker:
@@ -408,6 +505,7 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
             break
         # Beat first: a worker killed from here on leaves a heartbeat that goes stale.
         stop = _start_heartbeat(study, trial_id) if beating else None
+        study.sampler = make_sampler(sweep, trial_seed(sweep, study._storage.get_trial_number_from_id(trial_id)))
         trial = optuna.Trial(study, trial_id)
         trial.set_user_attr(WORKER_ATTR, me)
         values = {p.key: p.suggest(trial) for p in sweep.space}
@@ -442,7 +540,7 @@ def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, e
             raise
         except Exception as e:  # noqa: BLE001 - a crash or NaN in one trial is recorded, not fatal
             study.tell(trial, state=states.FAIL)
-            child.set_tags({"optuna.state": "failed", "pixelexp.error": f"{type(e).__name__}: {e}"[:5000]})
+            child.set_tags({"optuna.state": "failed", "pixelexp.error": f"{type(e).__name__}: {e}"})
             child.end("FAILED")
             echo(f"[trial {trial.number}] failed: {type(e).__name__}: {e}")
         else:
@@ -485,19 +583,32 @@ def _gpus() -> int:
         return 0
 
 
+SIZE_KEYS = ("model.hidden_dims", "model.recurrent_length", "model.out_hidden_dims", "model.out_recurrent_length",
+             "train.batch_size", "train.eval_batch_size")
+
+
+def largest(sweep: Sweep) -> Config:
+    """The sweep's base config with every size the space searches at its top: the trial
+    that needs the most memory."""
+    top = {}
+    for p in sweep.space:
+        if p.key in SIZE_KEYS:
+            top[p.key] = int(p.high) if p.type != "categorical" else max(p.choices, key=lambda c: float(str(c)))
+    return resolve([sweep.base.flat(), top], ["sweep base", "sweep space (largest)"])
+
+
 def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int = 1,
               storage: str | None = None, report: bool = True, echo=print, n_trials: int | None = None) -> dict:
     from pixelexp import tracking
-    from pixelexp.data import load_data
-    from pixelexp.train import make_model
+    from pixelexp.train import preflight
 
     overrides = list(overrides or [])
     sweep = load_sweep(path, overrides)
     if n_trials is not None:
         from dataclasses import replace
         sweep = replace(sweep, n_trials=n_trials)
-    data = load_data(sweep.base.data)  # bad data stops us here, before anything is written
-    make_model(sweep.base, data.image_shape, data.levels, data.num_classes)
+    preflight(largest(sweep))  # bad data, or a model too big at the space's top, stops us before any write
+    signals.check("during start-up; nothing was written")
     url = storage_url(sweep, workers, storage)
     study = open_study(sweep, url)
     tracker = tracking.Tracker(f"sweep-{sweep.name}")
@@ -522,12 +633,17 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
          + (f", {len(retried)} retried after a dead worker" if retried else "")
          + f"; MLflow parent run {parent_id}")
     deadline = None if sweep.timeout is None else time.time() + sweep.timeout
-    if workers <= 1:
-        work(sweep, study, tracker, parent_id, deadline, echo)
-    else:
-        run_workers(sweep, overrides, workers, url, parent_id, echo)
-        close_dead_runs(tracker, recover(study))  # a dead worker's trial is queued again: finish here
-        work(sweep, study, tracker, parent_id, deadline, echo)
+    try:
+        if workers <= 1:
+            work(sweep, study, tracker, parent_id, deadline, echo)
+        else:
+            run_workers(sweep, overrides, workers, url, parent_id, echo)
+            close_dead_runs(tracker, recover(study))  # a dead worker's trial is queued again: finish here
+            work(sweep, study, tracker, parent_id, deadline, echo)
+    except (Interrupted, KeyboardInterrupt) as e:  # the next run of the same command goes on with the study
+        tracker.set_tags(parent_id, {"pixelexp.killed_by": str(e) or type(e).__name__})
+        tracker.set_terminated(parent_id, "KILLED")
+        raise
     return finish(sweep, study, tracker, parent_id, url, report, echo)
 
 
@@ -580,7 +696,14 @@ def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool,
     report_dir = None
     if report:
         from pixelexp.report import sweep_report
-        report_dir = sweep_report(sweep.name, study=study, multi=sweep.multi, metrics=sweep.metrics, log=parent)
+        try:
+            with signals.at_once():
+                report_dir = sweep_report(sweep.name, study=study, multi=sweep.multi, metrics=sweep.metrics,
+                                          log=parent)
+        except KeyboardInterrupt:
+            parent.end("KILLED")
+            raise signals.interrupted(f"while writing reports/{sweep.name}/ (every trial finished; the same "
+                                      f"command writes it)") from None
     parent.end("FINISHED")
     echo("")
     echo(f"study:        {sweep.name} in {url}")

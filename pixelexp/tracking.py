@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,14 +32,16 @@ import numpy as np
 import pandas as pd
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at ..." on every end
 # A tracking server that stops answering should cost seconds, not MLflow's default of
 # minutes of retries per call: the journal below keeps the records and retries itself.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# MLflow sets up its own loggers on import, at this level: no "Creating initial MLflow
+# database tables" and alembic lines on every new store.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 warnings.filterwarnings("ignore", module="mlflow")
-logging.getLogger("mlflow").setLevel(logging.ERROR)
-logging.getLogger("alembic").setLevel(logging.WARNING)
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -46,12 +50,48 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from pixelexp.errors import TrackingOutage, UserError  # noqa: E402
 from pixelexp.journal import Journal  # noqa: E402
 
+for _name in ("mlflow", "alembic"):  # in case MLflow was imported before us
+    logging.getLogger(_name).setLevel(max(logging.getLogger(_name).level, logging.WARNING))
+
 REPO = Path(__file__).resolve().parents[1]
-MAX_PARAM = 6000  # MLflow's limit on a param value's length
 # Errors that say the store is (for now) unreachable or busy, so sending is retried;
 # any other MLflow error rejects that one record (kept in journal/rejected.jsonl).
 TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
                    "DEADLINE_EXCEEDED", "ABORTED", "ENDPOINT_NOT_FOUND"}
+
+
+# ---------------------------------------------------------------------------- values
+# Every key and value bound for MLflow passes through these, whichever store takes it:
+# the SQL stores coerce what they are given, the REST client of a tracking server does
+# not (an int tag value is a TypeError there), and every store has the same limits.
+
+MAX_KEY = 250  # MLflow's limit on a key's length (params, tags, metrics)
+MAX_PARAM = 6000  # ... on a param value's length
+MAX_TAG = 8000  # ... on a tag value's length
+_BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")  # MLflow takes letters, digits, _ - . / space :
+
+
+def clean_key(key: Any) -> str:
+    """A key MLflow accepts in every store: its own characters, at most 250 of them."""
+    return _BAD_KEY_CHARS.sub("_", str(key))[:MAX_KEY] or "_"
+
+
+def _text(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def clean_params(params: dict[str, Any]) -> dict[str, str]:
+    return {clean_key(k): _text(v, MAX_PARAM) for k, v in params.items()}
+
+
+def clean_tags(tags: dict[str, Any]) -> dict[str, str]:
+    return {clean_key(k): _text(v, MAX_TAG) for k, v in tags.items()}
+
+
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numbers as floats (numpy and torch scalars, bools, ints); NaN and inf stay what they are."""
+    return {clean_key(k): float(v) for k, v in metrics.items()}
 
 
 def runs_root() -> Path:
@@ -63,31 +103,77 @@ def run_folder(run_id: str) -> Path:
     return runs_root() / run_id
 
 
+_held: dict[str, int] = {}  # run id -> open lock file of a run this process runs
+
+
 def claim(run_id: str) -> None:
-    """Record host:pid of the process running a run (resume will not take over a live one)."""
+    """Hold the run for this process: an exclusive lock on runs/<run id>/lock, kept until
+    `release` or the process ends (the kernel drops it then, even on SIGKILL). Taking it is
+    atomic, so of two processes that resume one run at once exactly one gets it; the
+    other gets a one-line error. `owner` beside it says which process holds it."""
+    import fcntl
     import socket
+    if run_id in _held:
+        return
     folder = run_folder(run_id)
     folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        owner = _read_owner(run_id) or "another process"
+        pid = owner.rpartition(":")[2]
+        raise UserError(f"run {run_id} is running in process {owner}; wait for it to end, or stop it first "
+                        f"(kill -TERM {pid} writes a checkpoint)") from None
+    _held[run_id] = fd
     (folder / "owner").write_text(f"{socket.gethostname()}:{os.getpid()}")
 
 
-def owner_alive(run_id: str) -> str | None:
-    """'host:pid' of a live process on this host that runs the run, else None."""
-    import socket
-    path = run_folder(run_id) / "owner"
+def release(run_id: str) -> None:
+    """Let go of a run this process held (its end)."""
+    fd = _held.pop(run_id, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _read_owner(run_id: str) -> str | None:
     try:
-        host, pid = path.read_text().rsplit(":", 1)
+        return (run_folder(run_id) / "owner").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def owner_alive(run_id: str) -> str | None:
+    """'host:pid' of another live process on this host that holds the run, else None."""
+    import fcntl
+    import socket
+    if run_id in _held:
+        return None
+    lock = run_folder(run_id) / "lock"
+    if lock.exists():
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None  # nobody holds it
+        except OSError:
+            return _read_owner(run_id) or "another process"
+        finally:
+            os.close(fd)
+    owner = _read_owner(run_id)  # a run folder without a lock: judge by the owner's process id
+    try:
+        host, pid = (owner or "").rsplit(":", 1)
         if host != socket.gethostname() or int(pid) == os.getpid():
             return None
         os.kill(int(pid), 0)
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+            return None  # a zombie (killed, not yet reaped by its parent) is not alive
     except (OSError, ValueError):
         return None
-    try:  # a zombie (killed, not yet reaped by its parent) is not alive
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
-            return None
-    except OSError:
-        pass
-    return f"{host}:{pid}"
+    return owner
 
 
 def tracking_wait() -> float:
@@ -108,12 +194,62 @@ def tracking_uri() -> str:
     return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def _local_artifact_root(uri: str) -> str | None:
     """For a local SQLite store, artifacts go to mlartifacts/ beside the database."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
+    db = _sqlite_file(uri)
+    return None if db is None else (db.parent / "mlartifacts").resolve().as_uri()
+
+
+_opened: set[str] = set()  # stores this process has checked
+
+
+@contextmanager
+def _creating(db: Path | None):
+    """Hold a lock on the folder of a SQLite store while it is opened (and maybe created):
+    two processes that create one store at once would both create its tables."""
+    if db is None or not db.parent.is_dir():
+        yield
+        return
+    import fcntl
+    fd = os.open(db.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_client(uri: str | None = None, create: bool = False) -> MlflowClient:
+    """A client of the store at `uri` (default: tracking_uri()) that answers, or a one-line
+    error. A SQLite store that does not exist yet is created only with `create` (a run is
+    about to go there): reading commands do not leave empty stores behind."""
+    uri = uri or tracking_uri()
+    if uri in _opened:
+        return MlflowClient(tracking_uri=uri)
+    db = _sqlite_file(uri)
+    if db is not None and not db.is_file() and not create:
+        raise UserError(f"no MLflow store at {db} (MLFLOW_TRACKING_URI={uri}); run the command from the folder "
+                        f"that holds mlflow.db, or point MLFLOW_TRACKING_URI at the store")
+    with _creating(db):
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - any failure to reach or read the store
+            hint = f"move the damaged {db} aside" if db is not None and db.is_file() else \
+                "check that the server runs"
+            raise UserError(f"MLflow store {uri} cannot be opened ({type(e).__name__}: "
+                            f"{_first_line(e)}); check MLFLOW_TRACKING_URI, or {hint}") from None
+    _opened.add(uri)
+    return client
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 
 
 def git_state() -> dict[str, str]:
@@ -155,21 +291,22 @@ class Tracker:
     def __init__(self, experiment: str, uri: str | None = None, create: bool = True):
         tracking_wait()  # a bad PIXELEXP_TRACKING_WAIT stops us before any run exists
         self.uri = uri or tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = open_client(self.uri, create=create)
         mlflow.set_tracking_uri(self.uri)
-        try:
-            found = self.client.get_experiment_by_name(experiment)
-        except Exception as e:  # noqa: BLE001 - any failure to reach the store
-            raise UserError(f"MLflow store {self.uri} cannot be opened ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]}); check MLFLOW_TRACKING_URI") from None
+        found = self.client.get_experiment_by_name(experiment)
         if found is None and not create:
             raise UserError(f"no experiment {experiment!r} in the MLflow store {self.uri}; "
                             f"run `make experiment EXP={experiment}` first")
         if found is None:
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=_local_artifact_root(self.uri))
-        else:
-            self.experiment_id = found.experiment_id
+            from mlflow.exceptions import MlflowException
+            try:
+                found = self.client.get_experiment(self.client.create_experiment(
+                    experiment, artifact_location=_local_artifact_root(self.uri)))
+            except MlflowException:  # another process created it a moment ago
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+        self.experiment_id = found.experiment_id
         self.experiment = experiment
 
     def start_run(self, name: str, parent: "RunLog | str | None" = None, tags: dict | None = None,
@@ -177,20 +314,20 @@ class Tracker:
         all_tags = {**(tags or {})}
         if parent is not None:
             all_tags["mlflow.parentRunId"] = parent if isinstance(parent, str) else parent.run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=_text(name, MAX_KEY), tags=clean_tags(all_tags))
         return RunLog(self.client, run.info.run_id, journal=journal, uri=self.uri)
 
     @classmethod
     def of_run(cls, run_id: str, uri: str | None = None) -> "Tracker":
         """The tracker of the experiment a run belongs to."""
         uri = uri or tracking_uri()
-        client = MlflowClient(tracking_uri=uri)
+        client = open_client(uri)
         try:
             exp_id = client.get_run(run_id).info.experiment_id
         except Exception:  # noqa: BLE001
             raise UserError(f"run {run_id!r} is not in the MLflow store {uri}; copy its id from `make ui` "
                             f"or from the output of the command that started it") from None
-        return cls(client.get_experiment(exp_id).name, uri)
+        return cls(client.get_experiment(exp_id).name, uri, create=False)
 
     def run_info(self, run_id: str):
         """(status, tags, name, experiment name) of a run in this store, or a one-line error."""
@@ -211,8 +348,15 @@ class Tracker:
     def reopen(self, run_id: str, journal: bool = True) -> "RunLog":
         """Mark a run as running again (a resumed run or sweep keeps its run id)."""
         self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, "pixelexp.resumed_at", time.strftime("%Y-%m-%d %H:%M:%S"))
+        self.set_tags(run_id, {"pixelexp.resumed_at": time.strftime("%Y-%m-%d %H:%M:%S")})
         return RunLog(self.client, run_id, journal=journal, uri=self.uri)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        """Tags on any run of this store, sent at once (not journaled)."""
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in clean_tags(tags).items()])
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
 
     def find_runs(self, filter_string: str) -> list:
         return self.client.search_runs([self.experiment_id], filter_string,
@@ -237,14 +381,14 @@ class Tracker:
 
 def metric_history(run_id: str, keys: Iterable[str], uri: str | None = None) -> pd.DataFrame:
     """Long table (key, step, value, timestamp) of the given metrics of one run."""
-    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    client = open_client(uri)
     rows = [{"key": k, "step": m.step, "value": m.value, "timestamp": m.timestamp}
             for k in keys for m in client.get_metric_history(run_id, k)]
     return pd.DataFrame(rows, columns=["key", "step", "value", "timestamp"])
 
 
 def download(run_id: str, path: str, dst: str | Path, uri: str | None = None) -> Path:
-    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    client = open_client(uri)
     try:
         client.get_run(run_id)
     except Exception:  # noqa: BLE001
@@ -258,7 +402,7 @@ def download(run_id: str, path: str, dst: str | Path, uri: str | None = None) ->
 
 
 def list_artifacts(run_id: str, path: str | None = None, uri: str | None = None) -> list[str]:
-    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    client = open_client(uri)
     return [a.path for a in client.list_artifacts(run_id, path)]
 
 
@@ -298,13 +442,13 @@ class RunLog:
         self.journal.mark_seen(ids)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._emit({"kind": "params", "values": {k: str(v)[:MAX_PARAM] for k, v in params.items()}})
+        self._emit({"kind": "params", "values": clean_params(params)})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._emit({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
+        self._emit({"kind": "tags", "values": clean_tags(tags)})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._emit({"kind": "metrics", "step": int(step), "values": {k: float(v) for k, v in metrics.items()}})
+        self._emit({"kind": "metrics", "step": int(step), "values": clean_metrics(metrics)})
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         event = {"kind": "image", "key": key, "step": int(step), "time": int(time.time() * 1000)}
@@ -343,6 +487,7 @@ class RunLog:
         """Mark the run ended, after all its records; raise TrackingOutage if the store
         does not take them within `wait` seconds (they stay in the journal)."""
         self._emit({"kind": "status", "status": status})
+        release(self.run_id)
         if self._sender is None:
             return
         wait = tracking_wait() if wait is None else wait
@@ -369,7 +514,7 @@ class RunLog:
         if killed:
             self.set_tags({"pixelexp.killed_by": str(exc) or exc_type.__name__})
         elif exc is not None:
-            self.set_tags({"pixelexp.error": f"{exc_type.__name__}: {exc}"[:5000]})
+            self.set_tags({"pixelexp.error": f"{exc_type.__name__}: {exc}"})
         try:  # a signal leaves little time: a short wait, the rest stays in the journal
             self.end("KILLED" if killed else "FAILED", wait=min(tracking_wait(), 10.0) if killed else None)
         except TrackingOutage as e:
@@ -533,7 +678,7 @@ def sync(folder: str | Path, uri: str | None = None, echo=print) -> int:
     meta = journal.meta
     uri = uri or meta.get("tracking_uri") or tracking_uri()
     run_id = meta.get("run_id") or folder.name
-    client = MlflowClient(tracking_uri=uri)
+    client = open_client(uri)
     pending = journal.pending()
     if not pending:
         echo(f"{jdir}: nothing left to send for run {run_id}")
@@ -549,5 +694,5 @@ def sync(folder: str | Path, uri: str | None = None, echo=print) -> int:
     return len(pending)
 
 
-__all__ = ["Tracker", "RunLog", "tracking_uri", "git_state", "git_diff", "pip_freeze", "metric_history",
-           "download", "list_artifacts", "run_folder", "runs_root", "sync"]
+__all__ = ["Tracker", "RunLog", "clean_key", "clean_params", "clean_tags", "clean_metrics", "tracking_uri", "git_state", "git_diff", "pip_freeze", "metric_history",
+           "download", "list_artifacts", "run_folder", "runs_root", "sync", "claim", "release", "owner_alive"]

@@ -23,6 +23,7 @@ counted, so models compare by their own cost), lr and images_per_second (trainin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -81,6 +82,47 @@ def make_model(cfg: Config, image_shape, levels: int, num_classes: int | None = 
     if cfg.model.name == "multiscale_pixel_rnn":
         hparams.update(scale_stride=cfg.model.scale_stride)
     return set_impl(build_model(cfg.model.name, image_shape=image_shape, levels=levels, **hparams), cfg.model.impl)
+
+
+def check_fits(cfg: Config, image_shape, levels: int, num_classes: int | None, device) -> dict[str, int]:
+    """Stop with one line (ConfigError) when training this config would run out of memory
+    on `device`, before anything is allocated or written; return the estimate in bytes.
+
+    The model is built on the meta device (its parameters counted, no memory taken) and
+    the estimate is memory.memory_estimate: 4 x parameters x 4 bytes for the weights,
+    their gradients and the optimizer's state, plus the activations of one training
+    batch kept for backward (train.batch_size x H x W x hidden_dims x (recurrent_length
+    + 2) x the model's floats per feature, plus the output layers and logits), or of one
+    evaluation batch (train.eval_batch_size, two layers live) when that is larger. It is
+    compared with memory.available_memory: MemAvailable (within cgroup and `ulimit -v`
+    limits) on a CPU, the free memory torch.cuda.mem_get_info reports on a GPU, where
+    the model is also first built on the CPU. The estimate is 1-3x the peak measured on
+    CPU steps, so a run is refused only when it is over twice the free memory: a refusal
+    is then certain, and a run that might fit is tried. Where the free memory cannot be
+    told, the check passes."""
+    from pixelexp import memory  # (looked up at call time: tests stand in for the machine)
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = make_model(cfg, image_shape, levels, num_classes)
+    n_params = sum(p.numel() for p in model.parameters())
+    m, t = cfg.model, cfg.train
+    est = memory.memory_estimate(
+        m.name, n_params, sum(b.numel() for b in model.buffers()), image_shape, levels,
+        hidden_dims=m.hidden_dims, recurrent_length=m.recurrent_length, out_hidden_dims=m.out_hidden_dims,
+        out_recurrent_length=m.out_recurrent_length, batch_size=t.batch_size, eval_batch_size=t.eval_batch_size)
+    batch = "train.eval_batch_size" if est["eval"] > est["train"] else "train.batch_size"
+    settings = (f"model.name={m.name} model.hidden_dims={m.hidden_dims} model.recurrent_length={m.recurrent_length} "
+                f"{batch}={getattr(t, batch.split('.')[1])}")
+    needs = [(device, est["total"], "to train", 2.0)]
+    if device.type != "cpu":  # built on the CPU, then moved
+        needs.append((torch.device("cpu"), 4 * n_params, "to build", 1.0))
+    for where, need, what, margin in needs:
+        free = memory.available_memory(where)
+        if free is not None and need > margin * free:
+            raise ConfigError(f"{settings} needs about {need / 1e9:.1f} GB {what} "
+                              f"({memory.format_count(n_params)} parameters), {free / 1e9:.1f} GB is available "
+                              f"on {where}; lower model.hidden_dims, model.recurrent_length or {batch}")
+    return est
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -162,7 +204,8 @@ class Position:
     skipped: int = 0  # batches skipped for a non-finite loss or gradient (whole run)
     train_seconds: float = 0.0  # this epoch's training time so far
     elapsed: float = 0.0  # training + evaluation seconds of the finished epochs
-    trained: bool = False  # this epoch's training pass is done; its evaluation is not
+    trained: bool = False  # this epoch's training pass is done
+    evaluated: bool = False  # and its evaluation (metrics logged); its samples are not
     history: list = field(default_factory=list)  # metrics of the finished epochs
 
 
@@ -249,7 +292,8 @@ class Trainer:
         path = self.save()
         signum = signals.requested() or 15
         p = self.pos
-        where = f"epoch {p.epoch}, {'after training' if p.trained else f'batch {p.batch}'} (step {p.step})"
+        stage = "in sampling" if p.evaluated else "after training" if p.trained else f"batch {p.batch}"
+        where = f"epoch {p.epoch}, {stage} (step {p.step})"
         again = f"; continue with `python -m pixelexp resume {self.log.run_id}`" if self.log is not None else ""
         return Interrupted(signum, f"{signals.name(signum)} at {where}; checkpoint {path}{again}")
 
@@ -267,7 +311,8 @@ class Trainer:
         self.data_rng = None
         bs = cfg.train.batch_size
         bar = tqdm(total=len(order), initial=min(pos.batch * bs, len(order)), desc=f"{self.label} epoch {pos.epoch}",
-                   unit="img", leave=False, disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+                   unit="img", leave=False, disable=not (self.progress and sys.stderr.isatty()), file=sys.stderr,
+                   dynamic_ncols=True)  # no bars in a redirected log
         t0, seconds0 = time.perf_counter(), pos.train_seconds
         for k in range(pos.batch * bs, len(order), bs):
             batch = order[k:k + bs]
@@ -390,6 +435,14 @@ def checkpoint_config(ckpt: dict, where: str) -> Config:
         raise CheckpointError(f"{e}; the checkpoint was written by another pixelexp version") from None
 
 
+def preflight(cfg: Config) -> None:
+    """Everything a run needs, checked before anything is written (an MLflow run, a
+    folder): the device, the data (found or fetched, and sane) and the model."""
+    device = pick_device(cfg.train.device)
+    data = load_data(cfg.data)
+    check_fits(cfg, data.image_shape, data.levels, data.num_classes, device)  # builds it on the meta device
+
+
 def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, echo=print,
         on_epoch=None, resume: dict | None = None) -> RunResult:
     """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing
@@ -413,6 +466,7 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, ech
 def _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device) -> RunResult:
     seed_everything(cfg.train.seed)
     data = load_data(cfg.data)
+    check_fits(cfg, data.image_shape, data.levels, data.num_classes, device)  # sweep trials, resume, torchrun
     model = make_model(cfg, data.image_shape, data.levels, data.num_classes).to(device)
     net = wrap_ddp(model, ctx, device)
     optimizer = make_optimizer(cfg, model)
@@ -466,22 +520,32 @@ def _epochs(trainer: Trainer, cfg, data, log, label, echo, on_epoch, result, dev
         epoch = trainer.pos.epoch
         if not trainer.pos.trained:
             trainer.train_epoch()
-        m = trainer.finish_epoch()
+        if trainer.pos.evaluated:  # resumed after this epoch's evaluation, in its sampling
+            m = {k: v for k, v in trainer.pos.history[-1].items() if k != "epoch"}
+        else:
+            m = trainer.finish_epoch()
+            if log is not None:
+                log.log_metrics(m, step=epoch)
+            nats = f" ({m['test_nats']:.2f} nats)" if data.levels == 2 else ""
+            echo(f"[{label}] epoch {epoch}/{cfg.train.epochs}  bits/dim train {m['train_bpd']:.4f}  "
+                 f"val {m['val_bpd']:.4f}  test {m['test_bpd']:.4f}{nats}  "
+                 f"{m['images_per_second']:.0f} img/s  {m['epoch_seconds']:.1f} s")
+            if on_epoch is not None:
+                on_epoch(epoch, m)
+            trainer.pos.evaluated = True
         result.metrics = m
-        if log is not None:
-            log.log_metrics(m, step=epoch)
-        nats = f" ({m['test_nats']:.2f} nats)" if data.levels == 2 else ""
-        echo(f"[{label}] epoch {epoch}/{cfg.train.epochs}  bits/dim train {m['train_bpd']:.4f}  "
-             f"val {m['val_bpd']:.4f}  test {m['test_bpd']:.4f}{nats}  "
-             f"{m['images_per_second']:.0f} img/s  {m['epoch_seconds']:.1f} s")
-        if on_epoch is not None:
-            on_epoch(epoch, m)
         last = epoch == cfg.train.epochs
         every = cfg.track.sample_every
         if ctx.main and cfg.track.sample_count and (last or (every and epoch % every == 0)):
             t0 = time.perf_counter()
-            result.samples = draw_samples(trainer.model, cfg.track.sample_count, cfg.train.seed, device,
-                                          data.num_classes, graphs=trainer.paths.graphs)
+            # One process: a signal stops the sampling at once (the samplers have no checks
+            # inside); resuming draws them again. With DDP the other ranks wait at the barrier.
+            try:
+                with signals.at_once() if not ctx.active else contextlib.nullcontext():
+                    result.samples = draw_samples(trainer.model, cfg.track.sample_count, cfg.train.seed, device,
+                                                  data.num_classes, graphs=trainer.paths.graphs)
+            except KeyboardInterrupt:
+                raise trainer.interrupt() from None
             if log is not None:
                 log.log_image(to_grid(result.samples, data.levels), key="samples", step=epoch)
             echo(f"[{label}] {cfg.track.sample_count} samples in {time.perf_counter() - t0:.1f} s")

@@ -90,6 +90,7 @@ def test_two_workers_finish_exactly_n_trials(env, tmp_path):
     assert all(t.state == States.COMPLETE for t in trials)
     owners = {t.user_attrs["pixelexp_worker"].rpartition(":")[2] for t in trials}
     assert str(os.getpid()) not in owners and len(owners) <= 2  # run by the worker processes
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5  # no worker repeats another's draws
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children(env)) == [0, 1, 2, 3, 4]
 
 
@@ -134,6 +135,8 @@ def test_a_killed_sweep_resumes_where_it_stopped(env, tmp_path):
     assert len(done) == 3  # trials 0, 2 and the retry of 1
     retry = next(t for t in after if t.user_attrs.get("retry_of") == 1)
     assert retry.params == after[1].params
+    drawn = [tuple(sorted(t.params.items())) for t in after if "retry_of" not in t.user_attrs]
+    assert len(drawn) == 3 and len(set(drawn)) == 3  # the rerun draws afresh, not trial 0's point again
     killed = [r for r in children(env) if r.data.tags["optuna.trial"] == "1"][0]
     assert killed.info.status == "KILLED"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -99,11 +100,25 @@ def _checksum(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def check_root(root: Path, setting: str) -> None:
+    """A DataError when root, or the nearest part of it that exists, is not a folder (a
+    file given as data.root): no loader could look in it or download into it."""
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == root else f"is under {p}, which is"
+                raise DataError(f"{setting}={root} {what} a file, not a folder; point {setting} at the folder "
+                                f"that holds the dataset's files (or where it may be downloaded)")
+            return
+
+
 @functools.lru_cache(maxsize=4)
 def load_data(cfg: DataConfig) -> DataSplits:
     if cfg.name not in DATASETS:
         raise DataError(f"data.name={cfg.name!r} is not a known dataset; choose one of: {', '.join(DATASETS)}")
-    raw = DATASETS[cfg.name](cfg.resolved_root(), cfg.root is not None)
+    root = cfg.resolved_root()
+    check_root(root, "PIXELEXP_DATA" if cfg.root is None and os.environ.get("PIXELEXP_DATA") else "data.root")
+    raw = DATASETS[cfg.name](root, cfg.root is not None)
     n = len(raw.train_images)
     if cfg.val_size >= n:
         raise DataError(f"data.val_size={cfg.val_size} leaves no training images: the train split of "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixelexp.data.source import RawData
+from pixelexp.data.source import RawData, check_images, check_labels
 from pixelexp.errors import DataError
 
 TRAIN = [f"data_batch_{k}" for k in range(1, 6)]
@@ -33,13 +33,15 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        data = np.asarray(batch[b"data"])  # (no dtype here: a cast would wrap values > 255)
+        labels = np.asarray(batch[b"labels"])
     except Exception as e:  # noqa: BLE001 - truncated, not a pickle, wrong keys
         raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}); "
                         f"replace it with the file from cifar-10-python.tar.gz") from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(labels) != len(data):
         raise DataError(f"{path}: expected N x 3072 images and N labels, got {data.shape} and {labels.shape}")
+    data = check_images(data, path)
+    labels = check_labels(labels, path, classes=10, fix="replace it with the file from cifar-10-python.tar.gz")
     return data.reshape(-1, 3, 32, 32), labels
 
 

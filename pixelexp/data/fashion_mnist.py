@@ -13,6 +13,7 @@ import contextlib
 import io
 from pathlib import Path
 
+from pixelexp.data.known import check_identity
 from pixelexp.data.mnist import FILES, find_idx, read_idx_set
 from pixelexp.data.source import RawData
 from pixelexp.errors import DataError
@@ -41,4 +42,5 @@ def load_fashion_mnist(root: Path, explicit: bool = False) -> RawData:
         raise DataError(f"fashion_mnist: the four IDX files ({', '.join(FILES.values())}, .gz or not) "
                         f"are in none of {where}; put them in {root}/fashion-mnist/ or install "
                         f"Debian's dataset-fashion-mnist")
+    check_identity("fashion_mnist", files["train_labels"])  # e.g. MNIST's files: same names
     return read_idx_set(files, source="fashion-mnist")

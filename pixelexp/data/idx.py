@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,15 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(
 
 
 def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (gzipped if the name ends in .gz) -> its array, in its own dtype."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot be read ({e}); replace it with a good copy") from None
+    except (OSError, EOFError, zlib.error) as e:  # missing, a folder, bad CRC, truncated or corrupt deflate data
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{path}: cannot be read ({why}); replace it with a good copy") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number); replace it with a good copy")
     ndim = raw[3]

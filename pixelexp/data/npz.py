@@ -10,7 +10,8 @@ The validation set serves as the test set, as in the papers.
 (`train-images*`, `train-labels*`, `test-images*` or `t10k-images*`, and labels) or as
 `train.npz` and `test.npz` with an image array ("images", "x" or "data") of shape
 (N, H, W), (N, H, W, C) with C in {1, 3}, (N, C, H, W), or (N, C*H*W) square RGB,
-and optionally labels ("labels" or "y").
+and optionally labels ("labels" or "y"). Images are 8-bit: uint8, or integers within
+0..255; labels are class ids 0, 1, 2, ... (fewer than source.MAX_CLASSES).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from pixelexp.data.idx import read_idx
-from pixelexp.data.source import RawData
+from pixelexp.data.source import RawData, check_images, check_labels
 from pixelexp.errors import DataError
 
 
-def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One .npz -> (N, C, H, W) uint8 images and (N,) int labels (zeros if it has none)."""
+def read_npz(path: Path, classes: int | None = None, first: int = 0,
+             fix: str = "renumber them") -> tuple[np.ndarray, np.ndarray]:
+    """One .npz -> (N, C, H, W) uint8 images and (N,) int labels (zeros if it has none),
+    the labels class ids from `first` (below first + classes when `classes` is known)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             key = next((k for k in ("images", "x", "data") if k in z.files), None)
@@ -35,14 +38,13 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                                 f"(it has: {', '.join(z.files)})")
             images = np.asarray(z[key])
             lab_key = next((k for k in ("labels", "y") if k in z.files), None)
-            labels = np.asarray(z[lab_key]).astype(np.int64).ravel() if lab_key else np.zeros(len(images), np.int64)
+            labels = np.asarray(z[lab_key]).ravel() if lab_key else np.full(len(images), first, np.int64)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated zip, not an npz
         raise DataError(f"{path}: not a readable .npz ({type(e).__name__}); replace it") from None
-    if images.dtype != np.uint8:
-        raise DataError(f"{path}: images are {images.dtype}, expected uint8 (0..255)")
-    return to_nchw(images, path), labels
+    images = check_images(images, path)
+    return to_nchw(images, path), check_labels(labels, path, classes, first, fix)
 
 
 def to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
@@ -76,8 +78,9 @@ def load_imagenet(size: int):
                 continue
             train, val = _batches(folder)
             if train and val is not None:
-                xs, ys = zip(*(read_npz(p) for p in train))
-                tx, ty = read_npz(val)
+                fix = f"replace it with the published imagenet{size} file"
+                xs, ys = zip(*(read_npz(p, classes=1000, first=1, fix=fix) for p in train))
+                tx, ty = read_npz(val, classes=1000, first=1, fix=fix)
                 x = np.concatenate(xs)
                 if x.shape[2:] != (size, size) or tx.shape[2:] != (size, size):
                     raise DataError(f"{folder}: images are {x.shape[2]}x{x.shape[3]}, "
@@ -108,11 +111,11 @@ def load_folder(root: Path, explicit: bool = False) -> RawData:
         if files["x"] is None or files["tx"] is None:
             raise DataError(f"folder: {root}/ has neither train.npz + test.npz nor IDX files "
                             f"train-images* + test-images* (or t10k-images*); put one of them there")
-        x, tx = (to_nchw(read_idx(files[k]), files[k]) for k in ("x", "tx"))
-        y = read_idx(files["y"]).astype(np.int64) if files["y"] else np.zeros(len(x), np.int64)
-        ty = read_idx(files["ty"]).astype(np.int64) if files["ty"] else np.zeros(len(tx), np.int64)
-        if x.dtype != np.uint8 or tx.dtype != np.uint8:
-            raise DataError(f"folder: IDX images in {root}/ must be unsigned bytes (type 0x08)")
+        x, tx = (to_nchw(check_images(read_idx(files[k]), files[k]), files[k]) for k in ("x", "tx"))
+        y = check_labels(read_idx(files["y"]), files["y"], fix="renumber them") if files["y"] \
+            else np.zeros(len(x), np.int64)
+        ty = check_labels(read_idx(files["ty"]), files["ty"], fix="renumber them") if files["ty"] \
+            else np.zeros(len(tx), np.int64)
     if x.shape[1:] != tx.shape[1:]:
         raise DataError(f"folder: train images are {x.shape[1:]} but test images {tx.shape[1:]} in {root}/")
     if len(y) != len(x) or len(ty) != len(tx):
