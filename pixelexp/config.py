@@ -403,7 +403,7 @@ class YamlRefused(Exception):
 
 
 class StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses anchors and aliases, duplicate keys and deep nesting.
+    """yaml.SafeLoader that refuses anchors and aliases, merge keys, duplicate keys and deep nesting.
 
     An alias repeats a value without writing it out: a few hundred bytes of nested
     aliases expand to billions of values (an alias bomb), so the first anchor or alias
@@ -435,10 +435,12 @@ class StrictLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen: dict = {}
             for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node)
                 line = key_node.start_mark.line + 1
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` would splice keys in unchecked
+                    raise YamlRefused(line, "YAML merge keys (<<) are not allowed; write the settings out")
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)  # (1 and true are one key of a Python dict)
                 if key in seen:
                     raise YamlRefused(line, f"key {shown(key)} appears twice in one mapping (also at line "
                                             f"{seen[key]}); keep one")

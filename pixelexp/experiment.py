@@ -22,8 +22,7 @@ from pixelexp.config import Experiment, load_experiment, yaml_path
 from pixelexp.distributed import broadcast
 from pixelexp.distributed import setup as setup_distributed
 from pixelexp.errors import UserError
-from pixelexp.train import RunResult, run
-from pixelexp.train import preflight as check_run
+from pixelexp.train import RunResult, preflight, run
 
 
 @dataclass
@@ -36,9 +35,10 @@ class ExperimentResult:
     tracking_uri: str
 
 
-def preflight(exp: Experiment) -> None:
+def check_variants(exp: Experiment) -> None:
+    """Every variant's device, data and model, before the parent run exists."""
     for v in exp.variants:
-        check_run(v.config)
+        preflight(v.config)
 
 
 def find_unfinished(tracker, name: str, sha: str, overrides: str, world: int):
@@ -56,6 +56,9 @@ def find_unfinished(tracker, name: str, sha: str, overrides: str, world: int):
             raise UserError(f"experiment {name} with these settings is running in process {owner} (parent run "
                             f"{r.info.run_id}); wait for it to end, or add --fresh to start another parent run")
         tracking.claim(r.info.run_id)  # atomic: of two continuations at once, one goes on
+        if tracker.run_info(r.info.run_id).info.status == "FINISHED":  # its process ended meanwhile
+            tracking.release(r.info.run_id)
+            return None
         return r
     return None
 
@@ -64,7 +67,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                    progress: bool = True, echo=print, fresh: bool = False) -> ExperimentResult:
     overrides = list(overrides or [])
     exp = load_experiment(yaml_path(str(path), "experiments"), overrides)
-    preflight(exp)
+    check_variants(exp)
     signals.check("during start-up; nothing was written")
     ctx = setup_distributed()
     if not ctx.main:  # torchrun: ranks > 0 train along, rank 0 alone tracks and reports
@@ -107,7 +110,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 continue
             if old is not None:
                 from pixelexp.resume import check_can_resume, prepare
-                check_can_resume(old["run_id"], old["status"])
+                check_can_resume(tracker, old["run_id"])
                 ckpt = prepare(tracker, old["run_id"], v.config)
                 echo(f"[{v.name}] resuming run {old['run_id']} from "
                      f"{ckpt['_path'] if ckpt else 'the start'}")

@@ -66,7 +66,7 @@ class Journal:
         if not self.sent_path.exists():
             return 0
         text = self.sent_path.read_text(errors="replace").strip() or "0"
-        if not text.isdigit() or int(text) > len(self.events):
+        if not (text.isascii() and text.isdigit()) or int(text) > len(self.events):
             raise self._damaged(self.sent_path, f"holds {text[:20]!r}, not a count of at most {len(self.events)} "
                                                 f"records")
         return int(text)

@@ -86,7 +86,9 @@ def _read_int(path: str) -> int | None:
 
 
 def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup (v2) memory limit, or None without one."""
+    """Bytes left under this process's cgroup (v2) memory limit, or None without one. The
+    page cache of files counts in memory.current but the kernel gives it back on demand,
+    so it counts as free here (a container that has read its data is not full)."""
     try:
         with open("/proc/self/cgroup") as f:
             group = next((line.split("::", 1)[1].strip() for line in f if line.startswith("0::")), None)
@@ -95,7 +97,14 @@ def _cgroup_room() -> int | None:
     if group is None:
         return None
     cap, used = _read_int(f"/sys/fs/cgroup{group}/memory.max"), _read_int(f"/sys/fs/cgroup{group}/memory.current")
-    return cap - used if cap is not None and used is not None else None
+    if cap is None or used is None:
+        return None
+    try:
+        with open(f"/sys/fs/cgroup{group}/memory.stat") as f:
+            cache = next((int(line.split()[1]) for line in f if line.startswith("file ")), 0)
+    except (OSError, ValueError):
+        cache = 0
+    return cap - used + cache
 
 
 def _address_space_room() -> int | None:
@@ -121,7 +130,10 @@ def available_memory(device: torch.device | str) -> int | None:
     free; CPU: see _cpu_available); None where that cannot be told."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        if device.index is None:  # this process's GPU: under torchrun its LOCAL_RANK, before set_device
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # ours to reuse
+        return int(torch.cuda.mem_get_info(device)[0]) + cached
     if device.type == "cpu":
         return _cpu_available()
     return None

@@ -85,21 +85,25 @@ def prepare(tracker: tracking.Tracker, run_id: str, cfg: Config, explicit: str |
     return ckpt
 
 
-def check_can_resume(run_id: str, status: str) -> None:
-    """A run can be resumed when it did not finish and no other process holds it; this
-    process then holds it."""
-    if status == "FINISHED":
+def check_can_resume(tracker: tracking.Tracker, run_id: str):
+    """Hold the run for this process (atomic: of two resumes at once, one goes on and one
+    gets a line naming the other), then read its state -> its MLflow run: a run another
+    process finished meanwhile is not resumed."""
+    tracking.claim(run_id)
+    info = tracker.run_info(run_id)
+    if info.info.status == "FINISHED":
+        tracking.release(run_id)
         raise UserError(f"run {run_id} has finished; `python -m pixelexp rerun {run_id}` starts a new run "
                         f"from its config")
-    tracking.claim(run_id)  # atomic: of two resumes at once, one runs and one gets this line
+    return info
 
 
 def resume_run(run_id: str, *, checkpoint_path: str | None = None, progress: bool = True,
                echo=print) -> RunResult:
     tracker = tracking.Tracker.of_run(run_id)
-    info = tracker.run_info(run_id)
-    check_can_resume(run_id, info.info.status)
+    info = check_can_resume(tracker, run_id)
     cfg = run_config(tracker, run_id)
+    preflight(cfg)  # the machine can still hold it: checked before the run is reopened
     ckpt = prepare(tracker, run_id, cfg, checkpoint_path)
     label = info.info.run_name or cfg.model.name
     signals.check(f"during start-up; run {run_id} was not touched")

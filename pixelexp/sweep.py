@@ -330,8 +330,10 @@ def trial_seed(sweep: Sweep, number: int) -> int:
     """The sampler's seed for trial `number`: from the sweep's seed and the trial's number.
 
     Each worker process has its own sampler; seeded alike, two workers (or a rerun of an
-    interrupted sweep) would draw the same points. Seeded per trial, trial n draws the
-    same way whichever worker runs it, and differently from every other trial."""
+    interrupted sweep) would draw the same points. Seeded per trial, no two trials share a
+    stream of random draws; what trial n draws is fixed by the seed and n alone for the
+    random and grid samplers, and for TPE, CMA-ES and NSGA-II also depends on which trials
+    had finished when it started."""
     import numpy as np
     return int(np.random.SeedSequence([int(sweep.sampler.get("seed", 0)), number]).generate_state(1)[0])
 
@@ -583,20 +585,6 @@ def _gpus() -> int:
         return 0
 
 
-SIZE_KEYS = ("model.hidden_dims", "model.recurrent_length", "model.out_hidden_dims", "model.out_recurrent_length",
-             "train.batch_size", "train.eval_batch_size")
-
-
-def largest(sweep: Sweep) -> Config:
-    """The sweep's base config with every size the space searches at its top: the trial
-    that needs the most memory."""
-    top = {}
-    for p in sweep.space:
-        if p.key in SIZE_KEYS:
-            top[p.key] = int(p.high) if p.type != "categorical" else max(p.choices, key=lambda c: float(str(c)))
-    return resolve([sweep.base.flat(), top], ["sweep base", "sweep space (largest)"])
-
-
 def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int = 1,
               storage: str | None = None, report: bool = True, echo=print, n_trials: int | None = None) -> dict:
     from pixelexp import tracking
@@ -607,7 +595,9 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
     if n_trials is not None:
         from dataclasses import replace
         sweep = replace(sweep, n_trials=n_trials)
-    preflight(largest(sweep))  # bad data, or a model too big at the space's top, stops us before any write
+    # Bad data or a base model that cannot run stops us before any write; a trial whose
+    # sizes do not fit the machine fails alone (its run says why), the others go on.
+    preflight(sweep.base)
     signals.check("during start-up; nothing was written")
     url = storage_url(sweep, workers, storage)
     study = open_study(sweep, url)
@@ -641,8 +631,12 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
             close_dead_runs(tracker, recover(study))  # a dead worker's trial is queued again: finish here
             work(sweep, study, tracker, parent_id, deadline, echo)
     except (Interrupted, KeyboardInterrupt) as e:  # the next run of the same command goes on with the study
-        tracker.set_tags(parent_id, {"pixelexp.killed_by": str(e) or type(e).__name__})
-        tracker.set_terminated(parent_id, "KILLED")
+        try:
+            tracker.set_tags(parent_id, {"pixelexp.killed_by": str(e) or type(e).__name__})
+            tracker.set_terminated(parent_id, "KILLED")
+        except Exception as outage:  # noqa: BLE001 - the store is away: the signal's line matters more
+            echo(f"warning: the sweep's parent run {parent_id} could not be marked KILLED "
+                 f"({type(outage).__name__})")
         raise
     return finish(sweep, study, tracker, parent_id, url, report, echo)
 

@@ -14,6 +14,7 @@ and otherwise stay in the journal for `python -m pixelexp sync runs/<run id>`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -120,8 +121,11 @@ def claim(run_id: str) -> None:
     fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # no flock here (some NFS):
+            (folder / "owner").write_text(f"{socket.gethostname()}:{os.getpid()}")  # the owner file tells
+            return
         owner = _read_owner(run_id) or "another process"
         pid = owner.rpartition(":")[2]
         raise UserError(f"run {run_id} is running in process {owner}; wait for it to end, or stop it first "
@@ -159,11 +163,12 @@ def owner_alive(run_id: str) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return None  # nobody holds it
-        except OSError:
-            return _read_owner(run_id) or "another process"
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return _read_owner(run_id) or "another process"
         finally:
             os.close(fd)
-    owner = _read_owner(run_id)  # a run folder without a lock: judge by the owner's process id
+    owner = _read_owner(run_id)  # no lock to ask: judge by the owner's process id
     try:
         host, pid = (owner or "").rsplit(":", 1)
         if host != socket.gethostname() or int(pid) == os.getpid():
@@ -217,7 +222,10 @@ def _creating(db: Path | None):
     import fcntl
     fd = os.open(db.parent, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (some NFS): open it unguarded, as MLflow would
+            pass
         yield
     finally:
         os.close(fd)
@@ -346,10 +354,12 @@ class Tracker:
             return False
 
     def reopen(self, run_id: str, journal: bool = True) -> "RunLog":
-        """Mark a run as running again (a resumed run or sweep keeps its run id)."""
+        """Mark a run as running again (a resumed run or sweep keeps its run id); its journal
+        is opened first, so a damaged one stops us before the run is touched."""
+        log = RunLog(self.client, run_id, journal=journal, uri=self.uri)
         self.client.update_run(run_id, status="RUNNING")
         self.set_tags(run_id, {"pixelexp.resumed_at": time.strftime("%Y-%m-%d %H:%M:%S")})
-        return RunLog(self.client, run_id, journal=journal, uri=self.uri)
+        return log
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         """Tags on any run of this store, sent at once (not journaled)."""
@@ -487,15 +497,18 @@ class RunLog:
         """Mark the run ended, after all its records; raise TrackingOutage if the store
         does not take them within `wait` seconds (they stay in the journal)."""
         self._emit({"kind": "status", "status": status})
-        release(self.run_id)
         if self._sender is None:
+            release(self.run_id)
             return
         wait = tracking_wait() if wait is None else wait
-        if self._sender.flush(wait):
+        try:  # the run stays held until its journal is sent or left: no second process writes it meanwhile
+            sent = self._sender.flush(wait)
             self._sender.stop()
-            shutil.rmtree(self.journal.folder, ignore_errors=True)  # everything is in the store
-            return
-        self._sender.stop()
+            if sent:
+                shutil.rmtree(self.journal.folder, ignore_errors=True)  # everything is in the store
+                return
+        finally:
+            release(self.run_id)
         raise TrackingOutage(
             f"the MLflow store {self.uri} did not answer for {wait:.0f} s "
             f"({self._sender.describe_error()}); {len(self.journal.pending())} records of run "

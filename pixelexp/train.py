@@ -97,8 +97,9 @@ def check_fits(cfg: Config, image_shape, levels: int, num_classes: int | None, d
     compared with memory.available_memory: MemAvailable (within cgroup and `ulimit -v`
     limits) on a CPU, the free memory torch.cuda.mem_get_info reports on a GPU, where
     the model is also first built on the CPU. The estimate is 1-3x the peak measured on
-    CPU steps, so a run is refused only when it is over twice the free memory: a refusal
-    is then certain, and a run that might fit is tried. Where the free memory cannot be
+    CPU steps, so a run is refused only when it is over twice the free memory: what is
+    refused would need at least two thirds of the machine's free memory and almost always
+    all of it, and a run that might fit is tried. Where the free memory cannot be
     told, the check passes."""
     from pixelexp import memory  # (looked up at call time: tests stand in for the machine)
     device = torch.device(device)
@@ -539,9 +540,11 @@ def _epochs(trainer: Trainer, cfg, data, log, label, echo, on_epoch, result, dev
         if ctx.main and cfg.track.sample_count and (last or (every and epoch % every == 0)):
             t0 = time.perf_counter()
             # One process: a signal stops the sampling at once (the samplers have no checks
-            # inside); resuming draws them again. With DDP the other ranks wait at the barrier.
+            # inside); resuming draws them again. Not with DDP (the other ranks wait at the
+            # barrier) nor within a CUDA graph's capture or replay (seconds at most).
+            at_once = not ctx.active and not trainer.paths.graphs
             try:
-                with signals.at_once() if not ctx.active else contextlib.nullcontext():
+                with signals.at_once() if at_once else contextlib.nullcontext():
                     result.samples = draw_samples(trainer.model, cfg.track.sample_count, cfg.train.seed, device,
                                                   data.num_classes, graphs=trainer.paths.graphs)
             except KeyboardInterrupt:

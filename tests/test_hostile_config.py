@@ -2,10 +2,10 @@
 names the file, the line or the key and the fix, found while loading the config,
 before anything is written.
 
-Each case is refused in config loading. Where the unfixed code would accept the case
-and go on to load data and train, the test also passes GUARD (or a sweep's
-SWEEP_GUARD): a setting that is refused later in loading than the case under test,
-so the unfixed code stops in config loading too, with another message.
+Each case is refused in config loading. Where a loader that missed the case would go
+on to load data and train, the test also passes GUARD (or a sweep's SWEEP_GUARD): a
+setting refused later in loading than the case under test, so such a loader stops in
+config loading too, with another message, and the test fails on its words.
 """
 
 import time
@@ -87,6 +87,16 @@ def test_a_key_given_twice_in_one_mapping_is_refused(capsys, tmp_path, text, at,
     f = experiment(tmp_path, text)
     line = fail(capsys, ["experiment", str(f), GUARD])
     assert str(f) in line and at in line and f"key {key} appears twice in one mapping" in line and "keep one" in line
+
+
+@pytest.mark.parametrize("text", [
+    "base:\n  train:\n    <<: {lr: 0.1}\n    lr: 0.2\n",  # a merge would hide a second lr
+    "base:\n  train: {<<: {lr: 0.1, lr: 0.2}}\n",
+])
+def test_merge_keys_are_refused(capsys, tmp_path, text):
+    f = experiment(tmp_path, text)
+    line = fail(capsys, ["experiment", str(f), GUARD])
+    assert str(f) in line and "merge keys (<<) are not allowed" in line
 
 
 def test_a_file_over_the_size_limit_is_refused_before_it_is_parsed(capsys, tmp_path):

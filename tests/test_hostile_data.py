@@ -345,7 +345,7 @@ def test_mnist_name_on_fashion_mnist(tmp_path, monkeypatch):
 
 def test_known_gz_checksum_and_gz_twin(tmp_path, monkeypatch):
     """A set known only by its official .gz (MNIST, KMNIST) is found from the .gz, or from the .gz beside
-    a decompressed copy; custom files that match nothing load as before."""
+    a decompressed copy; custom files that match nothing load as custom data."""
     from pixelexp.data import known
     write_set(tmp_path / "fashion-mnist")
     labels_gz = tmp_path / "fashion-mnist" / "train-labels-idx1-ubyte.gz"

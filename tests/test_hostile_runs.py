@@ -199,3 +199,16 @@ def test_names_given_on_the_command_line_are_checked_too(tmp_path, tracking, cap
         assert main(args) == 2, args
         one_line(capsys.readouterr().err, "'../../x' is not a safe name")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_damaged_journal_stops_resume_before_the_run_is_touched(tmp_path, tracking, capsys):
+    assert main(["train", *TINY, "--quiet"]) == 0
+    c = MlflowClient(tracking)
+    run_id = c.search_runs([c.get_experiment_by_name("train").experiment_id])[0].info.run_id
+    c.set_terminated(run_id, "KILLED")
+    journal = tmp_path / "runs" / run_id / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    (journal / "events.jsonl").write_text("{not json\n")
+    assert main(["resume", run_id]) == 2
+    one_line(capsys.readouterr().err, "events.jsonl", "line 1", "damaged")
+    assert c.get_run(run_id).info.status == "KILLED"  # not left RUNNING
