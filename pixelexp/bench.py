@@ -315,7 +315,7 @@ def write(result: dict, stem: Path) -> None:
     stem.with_suffix(".md").write_text(markdown(result))
 
 
-_VAL = DataConfig().val_size
+_VAL = DataConfig().resolved_val_size(60_000)
 EPOCH = (60_000 - _VAL, _VAL + 10_000)  # MNIST with the default data.val_size: images trained, then evaluated
 
 

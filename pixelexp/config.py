@@ -80,6 +80,9 @@ def _model_names() -> tuple:
     return tuple(MODELS)
 
 
+VAL_CAP = 5000  # the default validation split's largest size
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = opt("mnist", help="dataset", choices=_dataset_names)
@@ -88,9 +91,16 @@ class DataConfig:
                         choices=("fixed", "dynamic", "threshold", "none"))
     levels: int = opt(2, help="values per subpixel (2: binary, 256: 8-bit)", min=2, max=256)
     train_limit: int | None = opt(None, help="use at most this many training images", min=1)
-    val_size: int = opt(5000, help="images carved from train for validation", min=0)
+    val_size: int | None = opt(None, help="images carved from train for validation (default: 10% of the "
+                                          "train split, at most 5,000)", min=0)
     test_limit: int | None = opt(None, help="use at most this many test images", min=1)
     seed: int = opt(0, help="seed of the validation split and of fixed binarization", min=0)
+
+    def resolved_val_size(self, n_train: int) -> int:
+        """Validation images out of a train split of n_train: data.val_size, or by default
+        10% of it, at most 5,000 (MNIST: 5,000 of 60,000; the mnist-10k subset: 800 of
+        8,000), so that most of every source is left to train on."""
+        return self.val_size if self.val_size is not None else min(VAL_CAP, n_train // 10)
 
     def resolved_root(self) -> Path:
         return Path(self.root or os.environ.get("PIXELEXP_DATA") or "data")

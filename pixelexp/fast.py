@@ -1,6 +1,7 @@
 """Fast training paths, each a switch with a default that suits the device:
 
     train.precision      auto | fp32 | bf16   auto: bf16 autocast on a CUDA device that has it, else fp32
+                                              (training only: evaluation is always fp32)
     train.compile        auto | on | off      auto: on for CUDA, off on CPUs (whole-network compiles
                                               cost minutes there; `on` pays off for PixelRNN runs)
     train.channels_last  auto | on | off      auto: on for CUDA (faster convolutions)
@@ -177,17 +178,18 @@ class GradStep(_GraphedStep):
 
 
 class EvalStep(_GraphedStep):
-    """Nats per image of one batch, without gradients: (x, labels or None) -> (b,). The
-    recurrent models' forward passes are thousands of small kernels whose launches set
-    the evaluation's speed on a GPU; replayed as a graph they cost what their arithmetic
-    costs. The caller puts the model in eval mode."""
+    """Nats per image of one batch, without gradients: (x, labels or None) -> (b,),
+    always in fp32: training may run in bf16, but every NLL that is logged, reported or
+    compared is computed in full precision (bf16 moves test bits/dim in the third
+    decimal). The recurrent models' forward passes are thousands of small kernels whose
+    launches set the evaluation's speed on a GPU; replayed as a graph they cost what
+    their arithmetic costs. The caller puts the model in eval mode."""
 
     what = "the evaluation step"
 
     @torch.no_grad()
     def eager(self, x, y, cache: bool = True) -> torch.Tensor:
-        with autocast(self.paths, self.device, cache):
-            return -self.model.log_prob(x, y).float().sum(dim=(1, 2, 3))
+        return -self.model.log_prob(x, y).float().sum(dim=(1, 2, 3))
 
 
 def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):

@@ -33,7 +33,7 @@ def format_count(n: int) -> str:
 # hidden feature (measured with fp32 on a CPU, rounded up): the Diagonal BiLSTM's skewed
 # map is twice as wide and both of its directions keep gates and states; the multiscale
 # model runs two of them; the convolutional models keep a few maps per layer.
-ACTIVATION_FLOATS = {"pixel_cnn": 6, "gated_pixel_cnn": 16, "row_lstm": 16, "diagonal_bilstm": 52,
+ACTIVATION_FLOATS = {"pixel_cnn": 24, "gated_pixel_cnn": 16, "row_lstm": 16, "diagonal_bilstm": 52,
                      "pixel_rnn": 52, "multiscale_pixel_rnn": 64}
 
 

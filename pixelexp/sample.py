@@ -10,8 +10,8 @@ from pixelexp.errors import CheckpointError, UserError
 from pixelexp.images import save_png, to_grid, upscale
 from pixelexp.train import checkpoint_config, draw_samples, make_model, pick_device
 
-# The newest checkpoint of a run; runs of pixelexp before resumable checkpoints kept final.pt.
-CHECKPOINT_ARTIFACTS = ("checkpoints/last.pt", "checkpoints/final.pt")
+# The checkpoint a run reports (its best validation NLL); else its newest; a weights-only final.pt.
+CHECKPOINT_ARTIFACTS = ("checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/final.pt")
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):

@@ -47,7 +47,7 @@ from pixelexp.errors import ConfigError, Interrupted, TrackingOutage, UserError
 
 SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
               "objectives", "directions", "n_trials", "timeout", "sampler", "pruner", "storage", "heartbeat")
-METRICS = ("val_bpd", "test_bpd", "train_bpd", "val_nats", "test_nats", "train_nats", "epoch_seconds",
+METRICS = ("val_bpd", "best_val_bpd", "train_bpd", "val_nats", "best_val_nats", "train_nats", "epoch_seconds",
            "images_per_second")
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -269,6 +269,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         metrics = [tree.get("metric", "val_bpd")]
         directions = [tree.get("direction", "minimize")]
     for m in metrics:
+        if isinstance(m, str) and m.startswith(("test_", "best_test_")):
+            raise ConfigError(f"{where}: metric={m} is a test metric; models are chosen on validation, never on "
+                              f"test: use val_bpd (or best_val_bpd, val_nats)")
         _choice(m, METRICS, "metric", where)
     if not isinstance(directions, list) or len(directions) != len(metrics):
         raise ConfigError(f"{where}: directions must give one of minimize/maximize per objective")

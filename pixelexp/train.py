@@ -210,6 +210,18 @@ class Position:
     history: list = field(default_factory=list)  # metrics of the finished epochs
 
 
+SELECTED = ("val_bpd", "test_bpd", "val_nats", "test_nats")
+
+
+def selected(history: list[dict]) -> dict[str, float]:
+    """The epoch a run reports: the one with the lowest validation bits/dim so far (the
+    earliest of equals), as the papers choose models; without a validation split, the
+    last. -> best_epoch and its best_val_bpd, best_test_bpd (and nats for 2 levels)."""
+    with_val = [h for h in history if math.isfinite(h.get("val_bpd", math.nan))]
+    best = min(with_val, key=lambda h: h["val_bpd"]) if with_val else history[-1]
+    return {"best_epoch": float(best["epoch"]), **{f"best_{k}": best[k] for k in SELECTED if k in best}}
+
+
 class NonFiniteLoss(FloatingPointError):
     def __init__(self, message: str, step: int):
         super().__init__(message)
@@ -265,6 +277,17 @@ class Trainer:
         if self.log is not None:
             self.log.log_artifact(self.written, "checkpoints", name="last.pt", copy=False)
         return self.written
+
+    def save_best(self) -> Path | None:
+        """Rank 0 writes the checkpoint of the epoch with the best validation NLL so far as
+        runs/<id>/checkpoints/best.pt (MLflow: checkpoints/best.pt): the model a run reports."""
+        if self.ckpt_dir is None or not self.ctx.main:
+            return None
+        path = checkpoint.atomic_save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "final": False,
+                                       **self.state()}, self.ckpt_dir.folder / "best.pt")
+        if self.log is not None:
+            self.log.log_artifact(path, "checkpoints", name="best.pt")
+        return path
 
     def restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -523,8 +546,12 @@ def _epochs(trainer: Trainer, cfg, data, log, label, echo, on_epoch, result, dev
             trainer.train_epoch()
         if trainer.pos.evaluated:  # resumed after this epoch's evaluation, in its sampling
             m = {k: v for k, v in trainer.pos.history[-1].items() if k != "epoch"}
+            m.update(selected(trainer.pos.history))
         else:
             m = trainer.finish_epoch()
+            m.update(selected(trainer.pos.history))
+            if m["best_epoch"] == epoch:
+                trainer.save_best()
             if log is not None:
                 log.log_metrics(m, step=epoch)
             nats = f" ({m['test_nats']:.2f} nats)" if data.levels == 2 else ""

@@ -89,6 +89,74 @@ def test_causality_check_catches_a_pixel_cnn_without_mask_a():
     assert "leak" in causality_violation(model, (1, 4, 4), 2)
 
 
+PIXEL_CNN_OPTIONS = [(False, False), (True, False), (False, True), (True, True)]  # (residual, skip)
+
+
+@pytest.mark.parametrize("residual,skip", PIXEL_CNN_OPTIONS)
+@pytest.mark.parametrize("shape,levels", [((1, 4, 5), 2), ((3, 3, 4), 4)], ids=["gray", "rgb"])
+def test_pixel_cnn_is_causal_with_and_without_residual_and_skip(shape, levels, residual, skip):
+    model = make("pixel_cnn", shape, levels, use_residual=residual, use_skip=skip)
+    assert causality_violation(model, shape, levels) is None
+
+
+@pytest.mark.parametrize("residual,skip", PIXEL_CNN_OPTIONS)
+@pytest.mark.parametrize("shape,levels", [((1, 2, 3), 2), ((3, 1, 2), 2), ((1, 2, 2), 4)])
+def test_pixel_cnn_sums_to_one_with_and_without_residual_and_skip(shape, levels, residual, skip):
+    model = make("pixel_cnn", shape, levels, use_residual=residual, use_skip=skip)
+    with torch.no_grad():
+        log_p = model.log_prob(all_images(shape, levels)).sum(dim=(1, 2, 3))
+    assert abs(torch.logsumexp(log_p, 0).exp().item() - 1.0) < 1e-6
+    assert log_p.std() > 1e-3
+
+
+def test_pixel_cnn_is_the_papers_residual_block():
+    """Section 3.4, Figure 5: a 7x7 mask-A layer to 2h, then blocks of ReLU, 1x1 (2h -> h),
+    ReLU, 3x3 mask B (h -> h), ReLU, 1x1 (h -> 2h) on a residual stream of 2h; every
+    masked layer, the 1x1s included, split into R, G, B groups."""
+    from pixelexp.models import count_parameters
+    from pixelexp.nn.masked import causal_mask, channel_groups
+    C, h, L, oh = 3, 12, 2, 24
+    model = make("pixel_cnn", (C, 5, 5), 256, hidden_dims=h, recurrent_length=L, out_hidden_dims=oh,
+                 out_recurrent_length=2)
+
+    def check(conv, cin, cout, k, mask_type):
+        assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (cin, cout, (k, k))
+        want = causal_mask(channel_groups(cout, C), channel_groups(cin, C), (k, k), mask_type)
+        assert torch.equal(conv.mask, want)
+    check(model.input, C, 2 * h, 7, "A")
+    assert len(model.layers) == L
+    for block in model.layers:
+        check(block.reduce, 2 * h, h, 1, "B")
+        check(block.conv, h, h, 3, "B")
+        check(block.expand, h, 2 * h, 1, "B")
+    assert model.head.hidden[0].in_channels == 2 * h
+    # R of the middle 1x1 sees only R; B sees all three (one block per group: 12 = 3 x 4).
+    assert model.layers[0].reduce.mask[:4, :, 0, 0].sum() == 4 * 8 and model.layers[0].reduce.mask[8:, :, 0, 0].all()
+    block = (2 * h * h + h) + (h * h * 9 + h) + (h * 2 * h + 2 * h)
+    head = (2 * h * oh + oh) + (oh * oh + oh) + (oh * C * 256 + C * 256)
+    assert count_parameters(model) == (C * 2 * h * 49 + 2 * h) + L * block + head
+    x = torch.randn(2, 2 * h, 5, 5, dtype=torch.double)
+    b = model.layers[0]
+    y = b.expand(torch.relu(b.conv(torch.relu(b.reduce(torch.relu(x))))))
+    assert torch.allclose(b(x), x + y)
+    b.use_residual = False  # without the residual the block's output replaces the stream
+    assert torch.allclose(b(x), y)
+
+
+@pytest.mark.parametrize("layer", ["reduce", "conv", "expand"])
+def test_causality_check_catches_a_pixel_cnn_block_whose_r_sees_g(layer):
+    """Opening one group connection at the centre of any masked layer of the block (R's
+    features reading G's at the same pixel, which have seen R's value) is a leak."""
+    shape = (3, 3, 3)
+    model = make("pixel_cnn", shape, 4)
+    assert causality_violation(model, shape, 4) is None
+    conv = getattr(model.layers[0], layer)
+    kh, kw = conv.kernel_size
+    n_out, n_in = conv.out_channels, conv.in_channels
+    conv.mask[: n_out // 3, n_in // 3: 2 * n_in // 3, kh // 2, kw // 2] = 1.0
+    assert "leak" in causality_violation(model, shape, 4)
+
+
 def test_causality_check_catches_the_reference_bilstm_leak(monkeypatch):
     """Without the down-shift of the right-to-left direction (the TensorFlow
     reference's bug), the Diagonal BiLSTM sees the future."""
@@ -180,14 +248,27 @@ def test_fast_samplers_of_models_without_recurrent_layers(name, skip):
 
 @pytest.mark.parametrize("name,reach", [("pixel_cnn", 4), ("gated_pixel_cnn", 5)])
 def test_convolutional_samplers_band_of_rows_changes_nothing(name, reach):
-    """Sampling a convolutional model on only the rows its receptive field reaches draws
-    the same images as running it on every row above."""
+    """Sampling a convolutional model on only the rows its receptive field reaches
+    (`rows_above`, read by `AutoregressiveModel.sample`; the models' own cached samplers
+    do not read it) draws the same images as running it on every row above."""
+    from pixelexp.models.base import AutoregressiveModel
     shape, levels = (1, 9, 4), 2
     model = make(name, shape, levels, recurrent_length=1)
     assert model.rows_above == reach
-    banded = model.sample(5, generator=torch.Generator().manual_seed(0))
+    heights = []
+    logits = model.logits
+
+    def spy(x, labels=None):
+        heights.append(x.shape[2])
+        return logits(x, labels)
+    model.logits = spy  # what AutoregressiveModel.sample calls
+    banded = AutoregressiveModel.sample(model, 5, generator=torch.Generator().manual_seed(0))
+    assert max(heights) == reach + 1  # the band was used: rows i - reach .. i, never more
     model.rows_above = None
-    full = model.sample(5, generator=torch.Generator().manual_seed(0))
+    heights.clear()
+    full = AutoregressiveModel.sample(model, 5, generator=torch.Generator().manual_seed(0))
+    assert max(heights) == shape[1]  # every row above
+    del model.logits
     assert torch.equal(banded, full) and full.float().std() > 0
     # and the band is not too narrow: one row less would change the logits
     x = torch.randint(0, levels, (1, *shape))
@@ -195,7 +276,6 @@ def test_convolutional_samplers_band_of_rows_changes_nothing(name, reach):
         ref = model.logits(x)[..., 8, :]
         cut = model.logits(x[:, :, 8 - reach + 1:])[..., -1, :]
     assert not torch.allclose(ref, cut)
-
 
 
 def test_conditional_gated_pixel_cnn_uses_the_label():

@@ -122,6 +122,15 @@ def test_val_size_that_leaves_nothing_is_an_error(tmp_path):
         load_data(data_cfg(tmp_path, "data.val_size=20"))
 
 
+def test_the_default_validation_split_leaves_most_of_every_source_to_train_on(mnist10k, tmp_path):
+    """10% of the train split, at most 5,000: the mnist-10k subset keeps 7,200 of its 8,000."""
+    data = load_data(data_cfg(mnist10k))
+    assert (len(data.train), len(data.val)) == (7200, 800)
+    from pixelexp.config import DataConfig
+    assert DataConfig().resolved_val_size(60_000) == 5000 and DataConfig().resolved_val_size(50_000) == 5000
+    assert DataConfig(val_size=123).resolved_val_size(60_000) == 123  # a given size is kept
+
+
 def test_real_digits(mnist10k):
     data = load_data(data_cfg(mnist10k, "data.val_size=1000"))
     assert data.source == "mnist-10k"

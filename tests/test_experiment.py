@@ -67,9 +67,15 @@ def test_experiment_tracks_every_variant_and_writes_the_report(store, tmp_path, 
     summary = pd.read_csv(rep / "summary.csv")
     assert set(summary.variant) == {"pixel_rnn", "pixel_cnn"}
     assert (summary.epochs == 2).all() and summary.test_nats.notna().all()
-    for _, row in summary.iterrows():
+    for _, row in summary.iterrows():  # the test number of the epoch chosen on validation
         child = next(c for c in children if c.info.run_name == row.variant)
-        assert row.test_bpd == pytest.approx(child.data.metrics["test_bpd"])
+        val = {m.step: m.value for m in store.get_metric_history(child.info.run_id, "val_bpd")}
+        test = {m.step: m.value for m in store.get_metric_history(child.info.run_id, "test_bpd")}
+        chosen = min(sorted(val), key=lambda e: val[e])
+        assert row.epoch_chosen == chosen and row.test_bpd == pytest.approx(test[chosen])
+        assert row.split == "60/30/30"
+    md = (rep / "report.md").read_text()
+    assert "epoch chosen" in md and "never on test" in md
     md = (rep / "report.md").read_text()
     assert "| pixel_rnn |" in md and "samples_pixel_cnn.png" in md
     assert "make ui" in out and str(rep.relative_to(tmp_path)) in out

@@ -225,6 +225,7 @@ def test_the_plain_loop_is_a_different_computation():
     ((1, 10, 9), 2, {}),
     ((3, 6, 5), 4, {"use_skip": True}),
     ((1, 8, 8), 2, {"use_residual": False}),
+    ((3, 5, 5), 4, {"use_residual": False, "use_skip": True}),
     ((3, 5, 5), 256, {}),
 ])
 @pytest.mark.parametrize("device", DEVICES)
@@ -232,6 +233,9 @@ def test_cached_cnn_samplers_draw_the_naive_samplers_images(name, shape, levels,
     torch.manual_seed(0)
     model = build_model(name, image_shape=shape, levels=levels, hidden_dims=12, recurrent_length=3,
                         out_hidden_dims=8, **extra).to(device)
+    with torch.no_grad():  # larger weights than at initialization, where every logit is near 0 and a
+        for p in model.parameters():  # sampler that gets a term wrong would still draw the same images
+            p.mul_(3)
     fast = model.sample(6, generator=torch.Generator(device).manual_seed(1), device=device)
     naive = model.naive_sample(6, generator=torch.Generator(device).manual_seed(1), device=device)
     assert torch.equal(fast, naive)
@@ -254,26 +258,34 @@ ABOVE = {"pixel_cnn": "prev", "diagonal_bilstm": "fw_row", "row_lstm": "h_prev"}
 
 @pytest.mark.parametrize("name", list(ABOVE))
 def test_the_sampler_check_can_fail(name):
-    """A cached sampler that forgets the rows above (or, PixelCNN, the residual) draws other images."""
+    """A cached sampler that forgets the rows above (or, PixelCNN, the residual, or its 3x3
+    layer's left neighbour on the current row) draws other images."""
     torch.manual_seed(0)
-    model = build_model(name, image_shape=(1, 8, 8), levels=2, hidden_dims=12, recurrent_length=3)
+    h = 12
+    model = build_model(name, image_shape=(1, 8, 8), levels=2, hidden_dims=h, recurrent_length=3)
     with torch.no_grad():  # larger weights than at initialization, where every logit is near 0 and
         for p in model.parameters():  # a missing term hardly moves a draw
             p.mul_(3)
     naive = model.naive_sample(6, generator=torch.Generator().manual_seed(1))
     assert torch.equal(model.sample(6, generator=torch.Generator().manual_seed(1)), naive)
     layer = type(model.layers[0])
-    start_row, new_cache = layer.start_row, layer.new_cache
+    start_row, new_cache, step = layer.start_row, layer.new_cache, layer.step
 
     def forgetful(self, cache, cond_row=None):
         cache[ABOVE[name]].zero_()
         start_row(self, cache, cond_row)
 
-    def no_residual(self, n, width, like):
+    def no_residual(self, cache, j, dest):  # the block's output without "+ x"
+        step(self, cache, j, dest)
+        dest.sub_(cache["x_row"][:, j])
+
+    def no_left(self, n, width, like):  # the 3x3 kernel's centre row without column j-1
         cache = new_cache(self, n, width, like)
-        cache["w_cur"][3 * 12:] = 0  # x at o: 0
+        cache["w_cur"][:h] = 0
         return cache
-    broken = [("start_row", forgetful)] + ([("new_cache", no_residual)] if name == "pixel_cnn" else [])
+    broken = [("start_row", forgetful)]
+    if name == "pixel_cnn":
+        broken += [("step", no_residual), ("new_cache", no_left)]
     for method, fn in broken:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(layer, method, fn)
@@ -289,6 +301,24 @@ def quick_cfg(mnist10k, *extra):
                               "model.out_hidden_dims=8", f"data.root={mnist10k}", "data.train_limit=400",
                               "data.val_size=100", "data.test_limit=200", "train.epochs=1", "train.batch_size=50",
                               "track.sample_count=0", *extra])
+
+
+@pytest.mark.parametrize("name", ["pixel_cnn", "pixel_rnn"])
+def test_evaluation_is_fp32_whatever_the_training_precision(name):
+    """Every logged NLL is computed in fp32: the evaluation step under train.precision=bf16
+    gives exactly the fp32 number (bf16 autocast runs on CPUs too, so this can fail here)."""
+    from pixelexp import fast
+    from pixelexp.train import evaluate
+    torch.manual_seed(0)
+    model = build_model(name, image_shape=(1, 6, 6), levels=2, hidden_dims=8, recurrent_length=2,
+                        out_hidden_dims=8).eval()
+    x = torch.randint(0, 2, (7, 1, 6, 6))
+    cpu = torch.device("cpu")
+    fp32 = evaluate(model, x, 4, cpu, step=fast.EvalStep(model, fast.PLAIN, cpu))
+    bf16 = evaluate(model, x, 4, cpu, step=fast.EvalStep(model, fast.FastPaths(bf16=True), cpu))
+    with fast.autocast(fast.FastPaths(bf16=True), cpu):  # what bf16 would have given: not the same
+        in_bf16 = -model.log_prob(x).float().sum().item() / len(x)
+    assert bf16 == fp32 and abs(in_bf16 - fp32) > 1e-4
 
 
 def test_bf16_changes_the_bits_per_dim_of_a_short_training_by_under_001(mnist10k):

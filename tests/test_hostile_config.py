@@ -287,3 +287,11 @@ def test_a_heartbeat_that_is_not_finite_is_refused(tmp_path, value):
     with pytest.raises(ConfigError) as e:
         load_sweep(f)
     assert "\n" not in str(e.value) and f"heartbeat={value[1:]}" in str(e.value) and "finite" in str(e.value)
+
+
+@pytest.mark.parametrize("metric", ["test_bpd", "test_nats", "best_test_bpd"])
+def test_a_test_metric_is_never_a_sweep_objective(capsys, tmp_path, metric):
+    f = tmp_path / "peek.yaml"
+    f.write_text(f"experiment: {RNN_VS_CNN}\n{SPACE}metric: {metric}\n")
+    line = fail(capsys, ["sweep", str(f)])
+    assert f"metric={metric} is a test metric" in line and "chosen on validation" in line

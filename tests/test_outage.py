@@ -103,7 +103,7 @@ def assert_complete(uri: str, run_id: str, epochs: int) -> None:
     assert run.data.params["train.epochs"] == str(epochs) and "data_checksum" in run.data.params
     images = [a.path for a in c.list_artifacts(run_id, "images") if a.path.endswith(".png")]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == list(range(1, epochs + 1))
-    assert [a.path for a in c.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.pt"]
+    assert [a.path for a in c.list_artifacts(run_id, "checkpoints")] == ["checkpoints/best.pt", "checkpoints/last.pt"]
     assert "config.yaml" in [a.path for a in c.list_artifacts(run_id)]
 
 

@@ -116,7 +116,7 @@ def check_like_reference(reference, folder: Path, run_id: str) -> None:
     assert_same_training(final_state(folder, run_id), reference["state"])
     c = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     assert c.get_run(run_id).info.status == "FINISHED"
-    assert [a.path for a in c.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.pt"]
+    assert [a.path for a in c.list_artifacts(run_id, "checkpoints")] == ["checkpoints/best.pt", "checkpoints/last.pt"]
     images = [a.path for a in c.list_artifacts(run_id, "images") if a.path.endswith(".png")]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [1, 2, 3]  # one grid per epoch
     kept = checkpoint.CheckpointDir(folder / "runs" / run_id / "checkpoints").files()
@@ -249,7 +249,7 @@ def test_nan_skip_batch_skips_the_update_and_counts_it(mnist10k, tracking, monke
     assert [(m.step, m.value) for m in hist] == [(1, 1.0), (2, 3.0)]
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
     assert res.metrics["train_bpd"] != clean.metrics["train_bpd"]  # three updates fewer
-    assert abs(res.metrics["test_bpd"] - clean.metrics["test_bpd"]) < 0.05
+    assert abs(res.metrics["test_bpd"] - clean.metrics["test_bpd"]) < 0.1  # 3 of 20 updates fewer, not ruined
 
 
 def test_checkpoints_every_minutes_within_an_epoch_and_only_the_newest_kept(mnist10k, tracking, monkeypatch):

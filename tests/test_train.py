@@ -9,6 +9,7 @@ from pixelexp.config import load_config
 from pixelexp.errors import CheckpointError
 from pixelexp.models import build_model
 from pixelexp.sample import load_checkpoint
+from pixelexp import train
 from pixelexp.train import bits_per_dim, evaluate, run, save_checkpoint
 
 
@@ -101,3 +102,40 @@ def test_conditional_needs_a_conditional_model():
     from pixelexp.errors import ConfigError
     with pytest.raises(ConfigError, match="gated_pixel_cnn"):
         load_config(None, ["model.name=pixel_cnn", "model.conditional=true"])
+
+
+def test_the_reported_epoch_is_chosen_on_validation_never_on_test():
+    from pixelexp.train import selected
+    h = [{"epoch": 1, "val_bpd": 0.30, "test_bpd": 0.20}, {"epoch": 2, "val_bpd": 0.25, "test_bpd": 0.29},
+         {"epoch": 3, "val_bpd": 0.25, "test_bpd": 0.10}, {"epoch": 4, "val_bpd": 0.28, "test_bpd": 0.05}]
+    assert selected(h) == {"best_epoch": 2.0, "best_val_bpd": 0.25, "best_test_bpd": 0.29}  # earliest of equals
+    no_val = [{"epoch": e, "val_bpd": float("nan"), "test_bpd": t} for e, t in ((1, 0.2), (2, 0.3))]
+    assert selected(no_val)["best_epoch"] == 2.0  # no validation split: the last epoch, not the best test
+
+
+def test_the_best_checkpoint_is_the_chosen_epochs(mnist10k, tracking, monkeypatch):
+    """runs/<id>/checkpoints/best.pt holds the weights of the epoch with the lowest val NLL."""
+    from pixelexp import checkpoint
+    from pixelexp.cli import main
+    vals = iter([0.5, 0.3, 0.4])  # epoch 2 is best on validation, whatever test says
+    real = train.evaluate
+    calls = {"n": 0}
+
+    def fake(model, images, *a, **k):
+        calls["n"] += 1
+        nats = real(model, images, *a, **k)
+        return next(vals) * 784 * math.log(2) if calls["n"] % 2 == 1 else nats  # val, then test
+    monkeypatch.setattr(train, "evaluate", fake)
+    args = ["train", "model.name=pixel_cnn", "model.hidden_dims=4", "model.recurrent_length=1", f"data.root={mnist10k}",
+            "data.train_limit=40", "data.val_size=20", "data.test_limit=20", "train.batch_size=20", "train.epochs=3",
+            "track.sample_count=0", "--quiet"]
+    assert main(args) == 0
+    from mlflow import MlflowClient
+    c = MlflowClient(tracking)
+    run = c.search_runs([c.get_experiment_by_name("train").experiment_id])[0]
+    assert run.data.metrics["best_epoch"] == 2 and run.data.metrics["best_val_bpd"] == pytest.approx(0.3)
+    test2 = [m.value for m in c.get_metric_history(run.info.run_id, "test_bpd") if m.step == 2][0]
+    assert run.data.metrics["best_test_bpd"] == test2
+    best = checkpoint.load(f"runs/{run.info.run_id}/checkpoints/best.pt")
+    assert best["epoch"] == 2 and best["metrics"]["epoch"] == 2
+    assert "checkpoints/best.pt" in [a.path for a in c.list_artifacts(run.info.run_id, "checkpoints")]

@@ -120,14 +120,15 @@ def load_data(cfg: DataConfig) -> DataSplits:
     check_root(root, "PIXELEXP_DATA" if cfg.root is None and os.environ.get("PIXELEXP_DATA") else "data.root")
     raw = DATASETS[cfg.name](root, cfg.root is not None)
     n = len(raw.train_images)
-    if cfg.val_size >= n:
-        raise DataError(f"data.val_size={cfg.val_size} leaves no training images: the train split of "
+    val_size = cfg.resolved_val_size(n)
+    if val_size >= n:
+        raise DataError(f"data.val_size={val_size} leaves no training images: the train split of "
                         f"{raw.source} has {n}; choose a smaller data.val_size")
     # The whole train split is binarized before the split, so an image's binary
     # version does not depend on val_size or train_limit.
     train_all = raw.train_images if cfg.binarize == "dynamic" else quantize(raw.train_images, cfg, 0)
     order = np.random.default_rng(cfg.seed).permutation(n)
-    val_idx, train_idx = order[: cfg.val_size], np.sort(order[cfg.val_size:])
+    val_idx, train_idx = order[:val_size], np.sort(order[val_size:])
     if cfg.train_limit is not None:
         train_idx = train_idx[: cfg.train_limit]
     val_idx = np.sort(val_idx)

@@ -1,10 +1,22 @@
-"""Image sets in .npz files: downsampled ImageNet and any folder of uint8 images.
+"""Image sets in .npz files or folders of PNGs: downsampled ImageNet and any folder of uint8 images.
 
-`imagenet32` / `imagenet64`: the published downsampled ImageNet batches (Chrabaszcz,
-Loshchilov & Hutter, 2017): `train_data_batch_1.npz` .. `train_data_batch_10.npz`
-and `val_data.npz`, each with "data" (N, 3*S*S) uint8 (R, G, B planes) and "labels"
-(1..1000), in `data.root/imagenet32/` (or 64), any folder below it, or `data.root`.
-The validation set serves as the test set, as in the papers.
+`imagenet32` / `imagenet64` read either of the two downsampled ImageNets, looking in
+`data.root/imagenet32/` (or 64) and, when data.root is set, in `data.root` itself:
+
+- the original of van den Oord, Kalchbrenner & Kavukcuoglu (2016), the data of the
+  PixelRNN and PixelCNN papers: folders of PNG files `train_32x32/` and `valid_32x32/`
+  (64: `train_64x64/`, `valid_64x64/`), read in sorted file-name order as RGB uint8,
+  without labels (class 0 throughout). Source name `imagenet32-oord2016` (or 64).
+- the .npz batches of Chrabaszcz, Loshchilov & Hutter (2017, "A Downsampled Variant of
+  ImageNet", box resize): `train_data_batch_1.npz` .. `train_data_batch_10.npz` and
+  `val_data.npz` in that folder or any folder below it, each with "data" (N, 3*S*S)
+  uint8 (R, G, B planes) and "labels" (1..1000). Source name `imagenet32` (or 64), as
+  before the PNG layout was read: runs tagged so before are this variant too.
+
+When both are there the PNG folders win, being the papers' own data; point data.root at
+a folder with only the .npz batches to train on those. Either way the validation set
+(valid_ / val_data) serves as the test set, as in the papers. The two are the same
+photos resized differently, so their likelihoods are not interchangeable.
 
 `folder`: `data.root` holds a train and a test set, either as IDX files
 (`train-images*`, `train-labels*`, `test-images*` or `t10k-images*`, and labels) or as
@@ -70,9 +82,48 @@ def _batches(folder: Path) -> tuple[list[Path], Path | None]:
     return train, val
 
 
+OORD_SOURCE = "imagenet{size}-oord2016"  # the PNG folders; the .npz batches keep "imagenet{size}"
+PNG_MODES = ("RGB", "L", "P")  # 8-bit colour, grey or palette: all become RGB uint8
+
+
+def png_folders(folder: Path, size: int) -> tuple[Path, Path] | None:
+    """(train_SxS/, valid_SxS/) in `folder` when both are there, else None."""
+    train, valid = folder / f"train_{size}x{size}", folder / f"valid_{size}x{size}"
+    return (train, valid) if train.is_dir() and valid.is_dir() else None
+
+
+def read_png_folder(folder: Path, size: int) -> np.ndarray:
+    """Every *.png in `folder` (sorted by name) -> (N, 3, size, size) uint8, R, G, B channels."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    if not files:
+        raise DataError(f"{folder}/: no .png files; put the {folder.name} images of van den Oord et al.'s "
+                        f"downsampled ImageNet there")
+    out = np.empty((len(files), 3, size, size), np.uint8)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as im:
+                if im.size != (size, size):
+                    raise DataError(f"{path}: image is {im.size[0]}x{im.size[1]}, imagenet{size} needs "
+                                    f"{size}x{size}; replace it")
+                if im.mode not in PNG_MODES:
+                    raise DataError(f"{path}: image mode {im.mode}, expected 8-bit RGB; replace it")
+                out[i] = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: not a readable PNG ({type(e).__name__}); replace it") from None
+    return out
+
+
 def load_imagenet(size: int):
     def load(root: Path, explicit: bool = False) -> RawData:
         candidates = [root / f"imagenet{size}"] + ([root] if explicit else [])
+        for folder in candidates:  # the papers' own PNG folders first
+            found = png_folders(folder, size)
+            if found:
+                x, tx = (read_png_folder(f, size) for f in found)
+                return RawData(x, np.zeros(len(x), np.int64), tx, np.zeros(len(tx), np.int64),
+                               source=OORD_SOURCE.format(size=size), location=str(folder.resolve()))
         for folder in candidates:
             if not folder.is_dir():
                 continue
@@ -88,9 +139,11 @@ def load_imagenet(size: int):
                 # Labels run 1..1000 in the published files.
                 return RawData(x, np.concatenate(ys) - 1, tx, ty - 1, source=f"imagenet{size}",
                                location=str(folder.resolve()))
-        raise DataError(f"imagenet{size}: no train_data_batch_*.npz and val_data.npz under "
-                        f"{' or '.join(f'{c}/' for c in candidates)}; put the downsampled ImageNet "
-                        f"{size}x{size} .npz files in {root}/imagenet{size}/")
+        s = f"{size}x{size}"
+        raise DataError(f"imagenet{size}: neither the PNG folders train_{s}/ + valid_{s}/ (van den Oord et al. "
+                        f"2016) nor the .npz batches train_data_batch_*.npz + val_data.npz (Chrabaszcz et al. "
+                        f"2017) under {' or '.join(f'{c}/' for c in candidates)}; put either downsampled ImageNet "
+                        f"{s} in {root}/imagenet{size}/")
     return load
 
 

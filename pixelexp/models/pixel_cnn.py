@@ -1,11 +1,29 @@
-"""PixelCNN: a stack of masked convolutions.
+"""PixelCNN: a residual stack of masked convolutions.
 
 Pixel Recurrent Neural Networks, van den Oord, Kalchbrenner & Kavukcuoglu, ICML 2016,
-section 3.4 (https://arxiv.org/abs/1601.06759).
+section 3.4 and Figure 5 (https://arxiv.org/abs/1601.06759).
 
-    x ─ 7x7 mask A ─┬─ ReLU ─ 3x3 mask B ─(+)─ ... ─ head (1x1 mask B layers) ─ logits
-                    └───────────────────────┘   residual, `recurrent_length` times
+    x ─ 7x7 mask A (2h) ─┬─ ReLU ─ 1x1 (h) ─ ReLU ─ 3x3 (h) ─ ReLU ─ 1x1 (2h) ─(+)─ ...
+                         └──────────────────────────────────────────────────────┘
+      ... `recurrent_length` blocks ─ head (1x1 mask B layers) ─ logits
 
+As in the paper, the residual stream has 2h features (h = `hidden_dims`) and each block
+(Figure 5, right) narrows it to h around its 3x3 convolution; every layer after the
+first is mask B:
+
+        x   (B, 2h, H, W)
+        ├──────────────────────────────┐
+        ReLU, 1x1 mask B   2h -> h     │  (B, h, H, W)
+        ReLU, 3x3 mask B    h -> h     │  (B, h, H, W)
+        ReLU, 1x1 mask B    h -> 2h    │  (B, 2h, H, W)
+        │                              │
+       (+) ────────────────────────────┘  residual (`use_residual`; without it the
+        │   (B, 2h, H, W)                 block's output replaces the stream)
+
+With `use_skip` the head reads the sum of all blocks' outputs, as in the PixelRNNs.
+Every masked layer, the 1x1s included, splits its features into one group per image
+channel (R, G, B for colour; `pixelexp.nn.masked`): at its own position a group sees
+only the groups up to its own, so no channel of a pixel sees its own or a later value.
 Every layer only looks up and to the left, so the receptive field of a pixel is a
 triangle above it with a blind spot to its upper right (Gated PixelCNN removes it).
 """
@@ -25,12 +43,12 @@ class PixelCNN(AutoregressiveModel):
     """Args:
         image_shape: (C, H, W).
         levels: values per subpixel.
-        hidden_dims: features of every masked layer.
-        recurrent_length: number of 3x3 mask-B layers.
+        hidden_dims: h, the features of each block's 3x3 layer; the residual stream has 2h.
+        recurrent_length: number of residual blocks (each one 3x3 mask-B layer).
         out_hidden_dims: features of the 1x1 output layers.
         out_recurrent_length: number of ReLU + 1x1 output layers.
-        use_residual: add each 3x3 layer's input to its output.
-        use_skip: feed the sum of all layers' outputs to the head.
+        use_residual: add each block's input to its output.
+        use_skip: feed the sum of all blocks' outputs to the head.
     """
 
     def __init__(self, image_shape, levels, hidden_dims: int = 16, recurrent_length: int = 7,
@@ -38,81 +56,97 @@ class PixelCNN(AutoregressiveModel):
                  use_skip: bool = False):
         super().__init__(image_shape, levels)
         C = self.image_shape[0]
+        width = 2 * hidden_dims
         self.use_residual = use_residual
         self.use_skip = use_skip
-        self.input = MaskedConv2d(C, hidden_dims, 7, "A", C)
+        self.input = MaskedConv2d(C, width, 7, "A", C)
         self.layers = nn.ModuleList(
             MaskedConvBlock(hidden_dims, C, use_residual) for _ in range(recurrent_length))
-        self.head = OutputHead(hidden_dims, out_hidden_dims, out_recurrent_length, C, self.levels)
-        # Each k x k layer reaches k // 2 rows further up; the 1x1 head reaches none.
+        self.head = OutputHead(width, out_hidden_dims, out_recurrent_length, C, self.levels)
+        # Each k x k layer reaches k // 2 rows further up; the 1x1 layers and the head none.
         self.rows_above = 3 + recurrent_length
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return run_layers(self.input(x), self.layers, self.use_skip)  # (B, h, H, W)
+        return run_layers(self.input(x), self.layers, self.use_skip)  # (B, 2h, H, W)
 
     @torch.no_grad()
     def sample(self, n: int | None = None, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Cached generation (Ramachandran et al., 2017, Fast Generation for Convolutional
-        Autoregressive Models): every layer keeps its input along the current row and the
-        row above, and a new subpixel computes each layer at its own position only
-        (`MaskedConvBlock.step`, two small operations; the row loop is the PixelRNNs'
-        `pixelexp.models.rowwise`). Same draws as `naive_sample` for the same generator
-        (tested)."""
+        Autoregressive Models): every block keeps its 3x3 layer's input along the current
+        row and the row above, and a new subpixel computes each block at its own position
+        only (`MaskedConvBlock.step`, six small operations; the row loop is the PixelRNNs'
+        `pixelexp.models.rowwise`). It does not use `rows_above` (the band of rows that
+        `AutoregressiveModel.sample` recomputes). Same draws as `naive_sample` for the same
+        generator (tested)."""
         self._check_labels(labels, n)
         device = device or next(self.parameters()).device
         return sample_rowwise(self, n, device, generator)
 
 
 class MaskedConvBlock(nn.Module):
-    """ReLU, then a 3x3 mask-B convolution; the input added back when residual."""
+    """The paper's residual block on a stream of 2h features: ReLU, 1x1 mask B to h, ReLU,
+    3x3 mask B, ReLU, 1x1 mask B back to 2h; the input added back when residual."""
 
-    def __init__(self, channels: int, image_channels: int, use_residual: bool):
+    def __init__(self, hidden_dims: int, image_channels: int, use_residual: bool):
         super().__init__()
-        self.conv = MaskedConv2d(channels, channels, 3, "B", image_channels)
+        h, C = hidden_dims, image_channels
+        self.reduce = MaskedConv2d(2 * h, h, 1, "B", C)
+        self.conv = MaskedConv2d(h, h, 3, "B", C)
+        self.expand = MaskedConv2d(h, 2 * h, 1, "B", C)
         self.use_residual = use_residual
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(F.relu(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 2h, H, W)
+        y = self.reduce(F.relu(x))  # (B, h, H, W)
+        y = self.conv(F.relu(y))  # (B, h, H, W)
+        y = self.expand(F.relu(y))  # (B, 2h, H, W)
         return x + y if self.use_residual else y
 
     # ------------------------------------------------------------ pixel by pixel, for sampling
-    # A 3x3 mask-B kernel at o reads two rows of the layer's input:
+    # The 1x1 layers read the block's position o only; the 3x3 mask-B kernel at o reads two
+    # rows of its input u = relu(reduce(relu(x))):
     #
     #       . a a a .      row i-1 (a): final once row i-1 is drawn, so its part of every
     #       . b o . .      position of row i is one convolution per row (`start_row`)
     #                      row i (b, o): per subpixel, one matrix product (`step`)
     #
-    # The current row is kept as [relu(x) | x] per position, so that product also adds the
-    # residual (an identity block on x at o) and writes the output straight into the next
-    # layer's row. A subpixel's value only changes later positions, so once the last
-    # channel of (i, j) is drawn the kept values at (i, j) are final.
+    # So per subpixel the block is three ReLUs and three matrix products at o, the last one
+    # adding the residual (x is its bias argument) and writing the output straight into the
+    # next layer's row. u is kept along row i, and becomes the row above when the row is
+    # done. A subpixel's value only changes later positions, so once the last channel of
+    # (i, j) is drawn the kept values at (i, j) are final.
 
     def new_cache(self, n: int, width: int, like: torch.Tensor) -> dict:
-        hd = self.conv.out_channels
-        cur = like.new_zeros(n, 1 + width, 2 * hd)  # row i: [relu(x) | x], one zero column on the left
-        w_cur = like.new_zeros(2, 2 * hd, hd)  # positions (j-1, j) x [relu(x) | x] -> out
-        w_cur[:, :hd] = self.conv.centre_row().view(2, hd, hd)
-        if self.use_residual:
-            w_cur[1, hd:] = torch.eye(hd, dtype=like.dtype, device=like.device)
+        h = self.conv.out_channels
+        rc = torch.cat([like.new_zeros(n, h), like.new_ones(n, 1)], 1)  # [relu(3x3 out) | 1] at o
         return {
-            "cur": cur, "x_row": cur[..., hd:], "pad": 1,  # x_row: where the layer below writes
-            "prev": like.new_zeros(n, 1, width + 2, hd),  # relu(x) of row i-1, zero columns each side
-            "w_cur": w_cur.flatten(0, 1), "w_above": self.conv.rows_above(),  # (4h, h), (h, h, 1, 3)
+            "x_row": like.new_zeros(n, width, 2 * h), "pad": 0,  # x along row i: the layer below writes it
+            "rx": like.new_zeros(n, 2 * h), "a": like.new_zeros(n, h), "c": like.new_zeros(n, h), "rc": rc,  # at o
+            "u_row": like.new_zeros(n, 1 + width, h),  # u of row i, one zero column on the left
+            "prev": like.new_zeros(n, 1, width + 2, h),  # u of row i-1, zero columns each side
+            "w_reduce": self.reduce.matrix().T, "b_reduce": self.reduce.bias,  # (2h, h), (h,)
+            "w_cur": self.conv.centre_row(), "w_above": self.conv.rows_above(),  # (2h, h), (h, h, 1, 3)
+            "w_expand": torch.cat([self.expand.matrix().T, self.expand.bias[None]]),  # (h + 1, 2h): [W ; bias]
         }
 
     def start_row(self, cache: dict, cond_row=None) -> None:
-        """The rows-above part and the bias at every position of the row: (W, n, h)."""
+        """The 3x3 layer's rows-above part and bias at every position of the row: (W, n, h)."""
         cache["above"] = conv_rows(cache["prev"], cache["w_above"], self.conv.bias)
 
     def step(self, cache: dict, j: int, dest: torch.Tensor) -> None:
-        """The block at (i, j) from its input at column j of the kept row -> `dest` (n, h)."""
-        hd, cur = self.conv.out_channels, cache["cur"]
-        torch.clamp(cur[:, j + 1, hd:], min=0, out=cur[:, j + 1, :hd])  # relu(x) at o
-        # (n, 2 positions x [relu(x) | x]) @ (4h, h): row i's part of the kernel [+ the residual]
-        torch.addmm(cache["above"][j], cur[:, j: j + 2].flatten(1), cache["w_cur"], out=dest)
+        """The block at (i, j) from its input at column j of the kept row -> `dest` (n, 2h)."""
+        h, x, u_row, rc = self.conv.out_channels, cache["x_row"][:, j], cache["u_row"], cache["rc"]
+        torch.clamp(x, min=0, out=cache["rx"])  # relu(x)  (n, 2h)
+        torch.addmm(cache["b_reduce"], cache["rx"], cache["w_reduce"], out=cache["a"])  # 1x1: (n, h)
+        torch.clamp(cache["a"], min=0, out=u_row[:, j + 1])  # u at o, kept along the row
+        # (n, 2 positions (j-1, j) x h) @ (2h, h): row i's part of the 3x3 kernel, + rows above and bias
+        torch.addmm(cache["above"][j], u_row[:, j: j + 2].flatten(1), cache["w_cur"], out=cache["c"])
+        torch.clamp(cache["c"], min=0, out=rc[:, :h])  # [relu(c) | 1]
+        if self.use_residual:  # 1x1 back to 2h, + its bias, + x
+            torch.addmm(x, rc, cache["w_expand"], out=dest)
+        else:
+            torch.mm(rc, cache["w_expand"], out=dest)
 
     def finish_row(self, cache: dict, cond_row=None) -> None:
-        """This row's relu(x) becomes the row above."""
-        hd = self.conv.out_channels
-        cache["prev"][:, 0, 1:-1] = cache["cur"][:, 1:, :hd]
+        """This row's u becomes the row above."""
+        cache["prev"][:, 0, 1:-1] = cache["u_row"][:, 1:]

@@ -5,7 +5,7 @@ the PixelRNNs (Row LSTM, Diagonal BiLSTM) and PixelCNN.
 Per row, what depends only on finished rows is computed at once for every position of
 the row: the input layer's part from the rows above (one convolution) and each layer's
 part from its rows or states above (`layer.start_row`). Per subpixel, each layer computes
-its own position only (`layer.step`: two small operations for a PixelCNN block, about
+its own position only (`layer.step`: six small operations for a PixelCNN block, about
 ten for an LSTM, each writing its output into the next layer's kept row), and once a row
 is drawn each layer closes it (`layer.finish_row`: the Diagonal BiLSTM's right-to-left
 scan; the others keep the row as the row above). A layer keeps its inputs along the row
