@@ -22,7 +22,7 @@ from pixelexp.config import Experiment, load_experiment, yaml_path
 from pixelexp.distributed import broadcast
 from pixelexp.distributed import setup as setup_distributed
 from pixelexp.errors import UserError
-from pixelexp.train import RunResult, preflight, run
+from pixelexp.train import RunResult, chosen_line, preflight, run
 
 
 @dataclass
@@ -139,7 +139,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     echo(f"experiment:     {exp.name} (id {tracker.experiment_id})")
     echo(f"parent run:     {parent.run_id}")
     for name, rid in child_ids.items():
-        echo(f"  {name:<20} {rid}  test {results[name].metrics['test_bpd']:.4f} bits/dim")
+        echo(f"  {name:<20} {rid}  {chosen_line(results[name].metrics)}")
     if report_dir:
         echo(f"report:         {report_dir}/report.md")
     echo("browse it:      make ui   (then open http://127.0.0.1:5000)")

@@ -20,7 +20,7 @@ from pixelexp import checkpoint, signals, tracking
 from pixelexp.config import Config, config_from_dict, parse_overrides, resolve
 from pixelexp.data import load_data
 from pixelexp.errors import CheckpointError, UserError
-from pixelexp.train import RunResult, check_resumable, make_model, preflight, run
+from pixelexp.train import RunResult, check_resumable, chosen_line, make_model, preflight, run
 
 
 def run_config(tracker: tracking.Tracker, run_id: str) -> Config:
@@ -113,7 +113,7 @@ def resume_run(run_id: str, *, checkpoint_path: str | None = None, progress: boo
     log.seed_from_store()
     with log:
         result = run(cfg, log, label=label, progress=progress, echo=echo, resume=ckpt)
-    echo(f"run {run_id} finished: test {result.metrics['test_bpd']:.4f} bits/dim")
+    echo(f"run {run_id} finished: {chosen_line(result.metrics)}")
     return result
 
 
@@ -135,7 +135,7 @@ def rerun(run_id: str, overrides: list[str] | None = None, *, progress: bool = T
     echo(f"rerun of {run_id}: new run {log.run_id} in {tracker.uri}")
     with log:
         result = run(cfg, log, label=name, progress=progress, echo=echo)
-    echo(f"run {log.run_id} finished: test {result.metrics['test_bpd']:.4f} bits/dim")
+    echo(f"run {log.run_id} finished: {chosen_line(result.metrics)}")
     return log.run_id
 
 

@@ -186,7 +186,7 @@ def evaluate(model: AutoregressiveModel, images: torch.Tensor, batch_size: int,
 
 @dataclass
 class RunResult:
-    metrics: dict[str, float]  # the last epoch's
+    metrics: dict[str, float]  # the last epoch's, with the chosen epoch's best_* beside them
     history: list[dict[str, float]] = field(default_factory=list)
     n_parameters: int = 0
     model: AutoregressiveModel | None = None
@@ -211,6 +211,13 @@ class Position:
 
 
 SELECTED = ("val_bpd", "test_bpd", "val_nats", "test_nats")
+
+
+def chosen_line(metrics: dict[str, float]) -> str:
+    """'test 0.2416 bits/dim (epoch 2, chosen on validation)': what a finished run reports."""
+    if "best_test_bpd" not in metrics:
+        return f"test {metrics.get('test_bpd', math.nan):.4f} bits/dim"
+    return f"test {metrics['best_test_bpd']:.4f} bits/dim (epoch {int(metrics['best_epoch'])}, chosen on validation)"
 
 
 def selected(history: list[dict]) -> dict[str, float]:
