@@ -594,11 +594,10 @@ def _published(tree: Any, where: str) -> dict[str, float]:
     for k, v in tree.items():
         if k not in PUBLISHED_METRICS:
             raise ConfigError(f"{where}: published metric {shown(k)} is unknown; use {', '.join(PUBLISHED_METRICS)}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{where}: published {k}={shown(v)} is not a number")
-        if not math.isfinite(v if isinstance(v, float) else 0.0) or abs(v) > 1e300:
-            raise ConfigError(f"{where}: published {k}={shown(v)} is not a finite number; give the paper's value")
-        out[k] = float(v)
+        bad = lambda what: ConfigError(f"{where}: published {k}={shown(v)} is {what}")  # noqa: E731
+        if isinstance(v, str):
+            raise bad("not a number")
+        out[k] = _finite(f"published {k}", v, where, bad)
     return out
 
 

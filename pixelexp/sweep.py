@@ -218,9 +218,10 @@ def _seconds(tree: dict, key: str, default: float | None, least: float, where: s
     value = tree.get(key, default)
     if value is None and default is None:
         return None
-    number = value if isinstance(value, float) else math.inf  # an int may be beyond a float's range
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
-        number = float(value)
+    try:
+        number = math.nan if isinstance(value, (bool, str)) else float(value)
+    except (TypeError, OverflowError):  # not a number, or an int beyond a float's range
+        number = math.nan
     if not math.isfinite(number) or number < least or (least == 0 and number == 0):
         bound = "> 0 (or null)" if least == 0 else f">= {least:g}"
         raise ConfigError(f"{where}: {key}={shown(value)} must be a finite number of seconds {bound}")

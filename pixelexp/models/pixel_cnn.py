@@ -44,7 +44,7 @@ class PixelCNN(AutoregressiveModel):
         image_shape: (C, H, W).
         levels: values per subpixel.
         hidden_dims: h, the features of each block's 3x3 layer; the residual stream has 2h.
-        recurrent_length: number of residual blocks (each one 3x3 mask-B layer).
+        recurrent_length: number of residual blocks (each around one 3x3 mask-B layer).
         out_hidden_dims: features of the 1x1 output layers.
         out_recurrent_length: number of ReLU + 1x1 output layers.
         use_residual: add each block's input to its output.
