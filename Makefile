@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test experiment smoke sweep report sample resume rerun bench ui clean
+.PHONY: help setup lint test experiment smoke sweep report sample resume rerun bench ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import pixelexp.tracking, pixelexp.models" && touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project (done by every target when needed)
+
+lint: $(STAMP) ## ruff (lint, import order) and the import layers (pyproject.toml's contracts)
+	$(VENV)/bin/ruff check pixelexp tests scripts
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -50,7 +50,6 @@ from pixelexp import fast
 from pixelexp.config import DataConfig, load_experiment, yaml_path
 from pixelexp.errors import UserError
 from pixelexp.models import build_model, set_impl
-from pixelexp.models.base import Draws
 
 MODELS = ("pixel_cnn", "pixel_rnn", "row_lstm", "gated_pixel_cnn")
 IMAGES = {"28x28 gray": ((1, 28, 28), 2), "32x32 rgb": ((3, 32, 32), 256)}
@@ -165,22 +164,19 @@ class Trainable:
 
 
 def naive_sample_rate(model, n: int, device, rows: int | None) -> float:
-    """Images/s of the naive sampler; with `rows`, timed on that many rows and scaled."""
+    """Images/s of the reference sampler (`naive_sample`); with `rows`, timed on that many
+    rows and scaled."""
     C, H, W = model.image_shape
-    order = model.generation_order()
-    steps = len(order) if rows is None else min(len(order), rows * W * C)
-    x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-    draws = Draws.of(torch.Generator(device=device).manual_seed(0), len(order), n, device)
+    total = len(model.generation_order())  # subpixels
+    steps = total if rows is None else min(total, rows * W * C)
     model.eval()
     with torch.no_grad():
-        model.logits(x)  # warm-up
-        sync(device)
-        t = time.perf_counter()
-        for c, i, j in order[:steps]:
-            logits = model.logits(x)
-            x[:, c, i, j] = model._draw(logits[:, c, ..., i, j], draws)
-        sync(device)
-    seconds = (time.perf_counter() - t) * len(order) / steps
+        model.logits(torch.zeros(n, C, H, W, dtype=torch.long, device=device))  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    model.naive_sample(n, torch.Generator(device=device).manual_seed(0), device, steps=steps)
+    sync(device)
+    seconds = (time.perf_counter() - t) * total / steps
     return n / seconds
 
 
@@ -210,12 +206,14 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
     row["parameters"] = sum(p.numel() for p in fast_t.model.parameters())
     warm = 3 if fast_t.paths.compile or fast_t.paths.graphs else 1  # compiling / capturing: first calls
     row["train_ips"] = case.batch / timed(fast_t.train_step, device, reps, warm)
-    row["fast_paths"] = (f"impl={fast_t.impl}, " if fast_t.impl != "fast" else "") + fast_t.paths.describe() + (" (graph capture failed)" if fast_t.paths.graphs and
-                                                   fast_t.grad_step.graph is None else "")
+    failed = fast_t.paths.graphs and fast_t.grad_step.graph is None
+    row["fast_paths"] = ((f"impl={fast_t.impl}, " if fast_t.impl != "fast" else "") + fast_t.paths.describe()
+                         + (" (graph capture failed)" if failed else ""))
     row["eval_ips"] = case.batch / timed(fast_t.eval_step, device, reps, warm)
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     peak = peaks.get("bf16" if fast_t.paths.bf16 else "fp32", peaks["fp32"])
-    row["train_tflops"] = step_flops(fast_t.model, fast_t.x, fast_t.paths, device) * row["train_ips"] / case.batch / 1e12
+    flops = step_flops(fast_t.model, fast_t.x, fast_t.paths, device)
+    row["train_tflops"] = flops * row["train_ips"] / case.batch / 1e12
     row["pct_of_peak"] = 100 * row["train_tflops"] * 1e12 / peak
     if case.precision == "fp32" and sample:  # fp32, once per model (it does not depend on the batch)
         n = sample_n or (100 if device.type == "cuda" else (8 if quick else 16))
@@ -327,7 +325,7 @@ def epoch_seconds(x: dict) -> float:
 def epoch_lines(results: list[dict]) -> list[str]:
     """pixel_rnn's time per MNIST epoch against pixel_cnn's, where a run timed both alike on
     MNIST's images (28x28 gray)."""
-    same = lambda x: (x["setting"], x["image"], x["batch"], x["precision"])  # noqa: E731
+    same = lambda x: (x["setting"], x["image"], x["batch"], x["precision"])
     cnn = {same(x): x for x in results if x["model"] == "pixel_cnn"}
     out = [f"- [{x['setting']}] {x['image']} b{x['batch']} {x['precision']}: pixel_rnn "
            f"{epoch_seconds(x):.1f} s, pixel_cnn {epoch_seconds(cnn[same(x)]):.1f} s "

@@ -1,11 +1,12 @@
 """Checkpoints: everything needed to continue a run exactly where it stopped.
 
-A checkpoint holds the model, optimizer and scheduler states, where training stands
+A `Checkpoint` holds the model, optimizer and scheduler states, where training stands
 (epoch, batch within the epoch, optimizer step, the epoch's running sums), every
 random number generator (Python, NumPy, torch CPU and CUDA, and the generator that
 orders and binarizes the epoch's data), the config, the data checksum and the metrics
-so far. Files are written to a temporary name, flushed, fsynced and renamed, so a kill
-at any moment leaves either the old file or the new one, never half of one.
+so far: what training saves, and what `resume` and `sample` load. Files are written to
+a temporary name, flushed, fsynced and renamed, so a kill at any moment leaves either
+the old file or the new one, never half of one.
 
     runs/<run id>/checkpoints/step-000000120.pt   # the newest `train.keep_checkpoints`
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,7 @@ import torch
 from pixelexp.errors import CheckpointError
 
 FORMAT = "pixelexp-checkpoint"
-VERSION = 2  # 1: weights only (issue 2); 2: adds the training state
-READABLE = (1, 2)
+VERSION = 2  # the version of the fields below; a file of another version is refused
 
 
 def rng_state() -> dict[str, Any]:
@@ -88,28 +89,70 @@ def atomic_save(obj: Any, path: Path) -> Path:
     return path
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint as a dict; one-line errors for files that are truncated or not ours."""
+@dataclass
+class Checkpoint:
+    """One saved moment of a run. A file holds these fields (tensors, lists and plain
+    values, so it loads with weights_only) beside the format tag and version."""
+
+    config: dict[str, Any]  # the resolved config (Config.to_dict)
+    image_shape: list[int]
+    levels: int
+    num_classes: int | None
+    data_checksum: str | None
+    run_id: str | None  # the MLflow run it belongs to; None for a run tracked nowhere
+    epoch: int  # epochs finished
+    metrics: dict[str, float]  # the last finished epoch's
+    model: dict[str, Any]  # state dicts
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    train_state: dict[str, Any]  # train.Position's fields: where training stands
+    data_rng: torch.Tensor | None  # the epoch's data generator, when it stopped within an epoch
+    rng: dict[str, Any]  # pack_rng(rng_state())
+    torch_version: str
+    final: bool = False  # written at the end of training
+    path: Path | None = field(default=None, compare=False)  # the file it was read from or written to
+
+    @property
+    def where(self) -> str:
+        """Its file, for messages."""
+        return str(self.path) if self.path is not None else "checkpoint"
+
+    def to_dict(self) -> dict[str, Any]:
+        """What its file holds."""
+        return {"format": FORMAT, "version": VERSION,
+                **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], path: Path | None = None) -> Checkpoint:
+        names = [f.name for f in fields(cls) if f.name != "path"]
+        missing = [n for n in names if n not in saved and n != "final"]
+        if missing:
+            raise CheckpointError(f"{path or 'checkpoint'}: an incomplete pixelexp checkpoint "
+                                  f"(no {', '.join(missing)}); resume from an older one with --checkpoint PATH")
+        return cls(**{n: saved[n] for n in names if n in saved}, path=path)
+
+    def save(self, path: str | Path) -> Path:
+        """Write it to `path` atomically -> path (also its `path` from now on)."""
+        self.path = atomic_save(self.to_dict(), Path(path))
+        return self.path
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """The checkpoint in a file; one-line errors for files that are truncated or not ours."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, pickle error, ...
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); it may be "
                               f"truncated: resume from an older one with --checkpoint PATH") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a pixelexp checkpoint (no format tag {FORMAT!r})")
-    if ckpt.get("version") not in READABLE:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is not supported "
-                              f"(this pixelexp reads versions {', '.join(map(str, READABLE))})")
-    return ckpt
-
-
-def resumable(path: Path, ckpt: dict[str, Any]) -> None:
-    if ckpt.get("version") != VERSION or "train_state" not in ckpt:
-        raise CheckpointError(f"{path}: a weights-only checkpoint (version {ckpt.get('version')}) "
-                              f"cannot resume training; start a new run with `python -m pixelexp rerun`")
+    if saved.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {saved.get('version')} is not supported "
+                              f"(this pixelexp reads version {VERSION})")
+    return Checkpoint.from_dict(saved, path)
 
 
 class CheckpointDir:
@@ -127,15 +170,19 @@ class CheckpointDir:
         files = self.files()
         return files[-1] if files else None
 
-    def write(self, state: dict[str, Any], step: int, final: bool = False) -> Path:
+    def path(self, step: int) -> Path:
+        """The file of the checkpoint at optimizer step `step`."""
+        return self.folder / f"step-{step:09d}.pt"
+
+    def write(self, ckpt: Checkpoint, step: int, final: bool = False) -> Path:
         """Write step-<step>.pt (replacing one of the same step), then drop the oldest.
         The end of each epoch and a signal both write one; `final` marks the end of training."""
-        path = atomic_save({"format": FORMAT, "version": VERSION, "final": final, **state},
-                           self.folder / f"step-{step:09d}.pt")
+        ckpt.final = final
+        path = ckpt.save(self.path(step))
         for old in self.files()[:-self.keep]:
             old.unlink(missing_ok=True)
         return path
 
 
-__all__ = ["FORMAT", "VERSION", "CheckpointDir", "atomic_save", "load", "resumable",
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointDir", "atomic_save", "load",
            "rng_state", "set_rng_state", "pack_rng", "unpack_rng"]

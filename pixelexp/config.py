@@ -16,9 +16,10 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -146,7 +147,8 @@ class TrainConfig:
     channels_last: str = opt("auto", help="channels-last memory format (auto: on for CUDA)",
                              choices=("auto", "on", "off"))
     cuda_graphs: str = opt("auto", help="replay forward and backward of full batches as a CUDA graph (auto: on "
-                                        "for CUDA without DDP; falls back with a warning)", choices=("auto", "on", "off"))
+                                        "for CUDA without DDP; falls back with a warning)",
+                           choices=("auto", "on", "off"))
     nan_policy: str = opt("stop", help="on a non-finite loss or gradient: stop (run FAILED) or skip_batch",
                           choices=("stop", "skip_batch"))
 
@@ -171,7 +173,7 @@ class Config:
         """{"train.lr": 0.001, ...}: the form MLflow params take."""
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
-    def replace(self, **dotted: Any) -> "Config":
+    def replace(self, **dotted: Any) -> Config:
         """A copy with some dotted keys changed (checked like any other layer)."""
         return resolve([self.flat(), dotted], ["defaults", "replace()"])
 
@@ -243,7 +245,7 @@ _BOOLS = {"true": True, "yes": True, "on": True, "1": True,
 
 def _coerce(key: str, value: Any, where: str) -> Any:
     base, nullable = _type_of(key)
-    bad = lambda what: ConfigError(f"{where}: {key}={shown(value)} is {what}")  # noqa: E731
+    bad = lambda what: ConfigError(f"{where}: {key}={shown(value)} is {what}")
     if value is None or (nullable and isinstance(value, str) and value.strip().lower() in _NULLS):
         if nullable:
             return None
@@ -515,7 +517,7 @@ def read_yaml(path: str | Path, what: str = "experiment") -> dict:
     p = Path(path)
     text = _read_text(p, what)
     try:
-        tree = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        tree = yaml.load(text, Loader=StrictLoader)
     except YamlRefused as e:
         raise ConfigError(f"{shown_path(p)}: {e}") from None
     except yaml.YAMLError as e:
@@ -594,7 +596,7 @@ def _published(tree: Any, where: str) -> dict[str, float]:
     for k, v in tree.items():
         if k not in PUBLISHED_METRICS:
             raise ConfigError(f"{where}: published metric {shown(k)} is unknown; use {', '.join(PUBLISHED_METRICS)}")
-        bad = lambda what: ConfigError(f"{where}: published {k}={shown(v)} is {what}")  # noqa: E731
+        bad = lambda what, k=k, v=v: ConfigError(f"{where}: published {k}={shown(v)} is {what}")
         if isinstance(v, str):
             raise bad("not a number")
         out[k] = _finite(f"published {k}", v, where, bad)

@@ -46,7 +46,7 @@ def setup() -> Dist:
 def teardown() -> None:
     """Destroy the process group, if one was set up. Left to the interpreter's exit, gloo's
     threads can outlive it and the process aborts ("terminate called without an active
-    exception": seen once in CI)."""
+    exception"; rare, but it happens in CI)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -22,6 +22,7 @@ from pixelexp.config import Experiment, load_experiment, yaml_path
 from pixelexp.distributed import broadcast
 from pixelexp.distributed import setup as setup_distributed
 from pixelexp.errors import UserError
+from pixelexp.rundir import RunDir
 from pixelexp.train import RunResult, chosen_line, preflight, run
 
 
@@ -51,13 +52,14 @@ def find_unfinished(tracker, name: str, sha: str, overrides: str, world: int):
             continue
         if r.info.status == "FINISHED":
             return None
-        owner = tracking.owner_alive(r.info.run_id)
+        run_dir = RunDir.of(r.info.run_id)
+        owner = run_dir.holder()
         if owner:
             raise UserError(f"experiment {name} with these settings is running in process {owner} (parent run "
                             f"{r.info.run_id}); wait for it to end, or add --fresh to start another parent run")
-        tracking.claim(r.info.run_id)  # atomic: of two continuations at once, one goes on
+        run_dir.claim()  # atomic: of two continuations at once, one goes on
         if tracker.run_info(r.info.run_id).info.status == "FINISHED":  # its process ended meanwhile
-            tracking.release(r.info.run_id)
+            run_dir.release()
             return None
         return r
     return None
@@ -94,7 +96,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
         parent.log_text((exp.path.read_text()), f"experiment/{exp.path.name}")
         echo(f"experiment {exp.name}: {len(exp.variants)} variants, MLflow store {tracker.uri}, "
              f"parent run {parent.run_id}")
-    tracking.claim(parent.run_id)
+    RunDir.of(parent.run_id).claim()
     previous = {}  # variant -> its newest child run, when continuing
     if found is not None:
         for c in tracker.child_runs(parent.run_id):  # oldest first: later ones win
@@ -113,7 +115,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 check_can_resume(tracker, old["run_id"])
                 ckpt = prepare(tracker, old["run_id"], v.config)
                 echo(f"[{v.name}] resuming run {old['run_id']} from "
-                     f"{ckpt['_path'] if ckpt else 'the start'}")
+                     f"{ckpt.where if ckpt else 'the start'}")
                 child = tracker.reopen(old["run_id"])
                 child.seed_from_store()
             else:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pixelexp.errors import cause
+
 
 @dataclass(frozen=True)
 class FastPaths:
@@ -137,8 +139,8 @@ class _GraphedStep:
         except Exception as e:  # noqa: BLE001 - any capture failure: warn, run eagerly
             self.failed, self.graph = True, None
             self.before()
-            self.warn(f"warning: CUDA graph capture of {self.what} failed ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:160]}); it runs without graphs (set train.cuda_graphs=off "
+            self.warn(f"warning: CUDA graph capture of {self.what} failed ({cause(e)}); "
+                      "it runs without graphs (set train.cuda_graphs=off "
                       f"to skip the attempt)")
 
     def captured(self) -> None:
@@ -286,8 +288,8 @@ def _capture_sampler(model, u, labels, device, warn) -> _SamplerGraph:
     except Exception as e:  # noqa: BLE001 - any capture failure: warn, sample eagerly
         entry.graph = None
         (warn or (lambda msg: print(msg, file=sys.stderr)))(
-            f"warning: CUDA graph capture of {type(model).__name__}.sample failed ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160]}); sampling stays eager")
+            f"warning: CUDA graph capture of {type(model).__name__}.sample failed ({cause(e)}); "
+            "sampling stays eager")
     return entry
 
 
@@ -318,7 +320,7 @@ class _Fallback:
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, keep training
                 self.failed = True
-                self.warn(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                self.warn(f"warning: torch.compile failed ({cause(e)}); "
                           f"training continues eager (set train.compile=off to skip the attempt)")
         return self.eager(*args, **kwargs)
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from pixelexp import tracking  # noqa: E402
-from pixelexp.errors import UserError  # noqa: E402
+from pixelexp import tracking
+from pixelexp.errors import UserError, cause
 
 CURVES = ["train_bpd", "val_bpd", "test_bpd", "elapsed_hours"]
 
@@ -175,7 +175,7 @@ def summarize(runs: list[dict], curves: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in runs:
         m, p = r["metrics"], r["params"]
-        chosen = lambda k: m.get(f"best_{k}", m.get(k))  # noqa: E731 - the epoch chosen on validation
+        chosen = lambda k, m=m: m.get(f"best_{k}", m.get(k))  # the epoch chosen on validation
         rows.append({
             "variant": r["name"], "model": p.get("model.name"),
             "hidden_dims": p.get("model.hidden_dims"), "recurrent_length": p.get("model.recurrent_length"),
@@ -351,7 +351,7 @@ def sweep_report(name: str, study=None, multi: bool = False, metrics=("val_bpd",
             if log is not None:
                 log.log_artifact(out / f"{key}.png", "optuna")
         except Exception as e:  # noqa: BLE001 - too few trials for this plot, etc.
-            skipped.append(f"{key} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+            skipped.append(f"{key} ({cause(e, 120)})")
     if log is not None:
         log.log_artifact(out / "trials.csv", "optuna")
     lines = [f"# sweep {name}", "", f"{len(study.trials)} trials. Study objective(s): {', '.join(metrics)}.", ""]

@@ -16,22 +16,23 @@ from pathlib import Path
 
 import yaml
 
-from pixelexp import checkpoint, signals, tracking
+from pixelexp import checkpoint, rundir, signals, tracking
 from pixelexp.config import Config, config_from_dict, parse_overrides, resolve
 from pixelexp.data import load_data
-from pixelexp.errors import CheckpointError, UserError
+from pixelexp.errors import CheckpointError, UserError, first_line
+from pixelexp.rundir import RunDir
 from pixelexp.train import RunResult, check_resumable, chosen_line, make_model, preflight, run
 
 
 def run_config(tracker: tracking.Tracker, run_id: str) -> Config:
     """The resolved config a run was started with (its folder, else its MLflow artifact)."""
-    local = tracking.run_folder(run_id) / "config.yaml"
+    local = RunDir.of(run_id).config
     if local.is_file():
         text, where = local.read_text(), str(local)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                text = tracking.download(run_id, "config.yaml", tmp, tracker.uri).read_text()
+                text = tracking.download(run_id, rundir.CONFIG, tmp, tracker.uri).read_text()
             except UserError:
                 raise UserError(f"run {run_id} has no config.yaml (neither in {local} nor in MLflow): "
                                 f"it is not a pixelexp training run, or it was killed before it started") from None
@@ -46,42 +47,40 @@ def run_config(tracker: tracking.Tracker, run_id: str) -> Config:
     return config_from_dict(tree, where)
 
 
-def _load_latest(run_id: str, uri: str) -> dict | None:
-    """The newest checkpoint of a run: its folder first, else MLflow's checkpoints/last.pt."""
-    latest = checkpoint.CheckpointDir(tracking.run_folder(run_id) / "checkpoints").latest()
+def _load_latest(run_id: str, uri: str) -> checkpoint.Checkpoint | None:
+    """The newest checkpoint of a run: its folder first, else its MLflow artifact
+    checkpoints/last.pt, kept in its folder from then on."""
+    kept = checkpoint.CheckpointDir(RunDir.of(run_id).checkpoints)
+    latest = kept.latest()
     if latest is not None:
-        return {**checkpoint.load(latest), "_path": str(latest)}
-    if "last.pt" not in [Path(p).name for p in tracking.list_artifacts(run_id, "checkpoints", uri)]:
+        return checkpoint.load(latest)
+    if rundir.LAST not in [Path(p).name for p in tracking.list_artifacts(run_id, rundir.CHECKPOINTS, uri)]:
         return None
-    dst = tracking.run_folder(run_id) / "checkpoints"
-    dst.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        got = tracking.download(run_id, "checkpoints/last.pt", tmp, uri)
-        ckpt = checkpoint.load(got)
-        path = checkpoint.atomic_save(ckpt, dst / f"step-{ckpt['train_state']['step']:09d}.pt")
-    return {**ckpt, "_path": str(path)}
+        ckpt = checkpoint.load(tracking.download(run_id, rundir.LAST_ARTIFACT, tmp, uri))
+        ckpt.save(kept.path(ckpt.train_state["step"]))
+    return ckpt
 
 
-def prepare(tracker: tracking.Tracker, run_id: str, cfg: Config, explicit: str | None = None) -> dict | None:
+def prepare(tracker: tracking.Tracker, run_id: str, cfg: Config,
+            explicit: str | None = None) -> checkpoint.Checkpoint | None:
     """The checkpoint to resume a run from (None: from the start), checked against its config."""
     if explicit:
-        ckpt = {**checkpoint.load(explicit), "_path": str(explicit)}
-        if ckpt.get("run_id") not in (None, run_id):
-            raise CheckpointError(f"{explicit} is a checkpoint of run {ckpt['run_id']}, not of {run_id}; "
-                                  f"give one from runs/{run_id}/checkpoints/")
+        ckpt = checkpoint.load(explicit)
+        if ckpt.run_id not in (None, run_id):
+            raise CheckpointError(f"{explicit} is a checkpoint of run {ckpt.run_id}, not of {run_id}; "
+                                  f"give one from {RunDir.of(run_id).checkpoints}/")
     else:
         ckpt = _load_latest(run_id, tracker.uri)
     if ckpt is None:
         return None
-    where = ckpt["_path"]
-    checkpoint.resumable(Path(where), ckpt)
     data = load_data(cfg.data)
-    check_resumable(cfg, ckpt, data, where)
+    check_resumable(cfg, ckpt, data)
     try:
-        make_model(cfg, data.image_shape, data.levels, data.num_classes).load_state_dict(ckpt["model"])
+        make_model(cfg, data.image_shape, data.levels, data.num_classes).load_state_dict(ckpt.model)
     except RuntimeError as e:
-        raise CheckpointError(f"{where}: its weights do not fit the model of the run's config "
-                              f"({str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{ckpt.where}: its weights do not fit the model of the run's config "
+                              f"({first_line(e)})") from None
     return ckpt
 
 
@@ -89,10 +88,11 @@ def check_can_resume(tracker: tracking.Tracker, run_id: str):
     """Hold the run for this process (atomic: of two resumes at once, one goes on and one
     gets a line naming the other), then read its state -> its MLflow run: a run another
     process finished meanwhile is not resumed."""
-    tracking.claim(run_id)
+    run_dir = RunDir.of(run_id)
+    run_dir.claim()
     info = tracker.run_info(run_id)
     if info.info.status == "FINISHED":
-        tracking.release(run_id)
+        run_dir.release()
         raise UserError(f"run {run_id} has finished; `python -m pixelexp rerun {run_id}` starts a new run "
                         f"from its config")
     return info
@@ -108,7 +108,7 @@ def resume_run(run_id: str, *, checkpoint_path: str | None = None, progress: boo
     label = info.info.run_name or cfg.model.name
     signals.check(f"during start-up; run {run_id} was not touched")
     echo(f"resuming run {run_id} ({label}) in {tracker.uri} from "
-         f"{ckpt['_path'] if ckpt else 'the start (no checkpoint was written)'}")
+         f"{ckpt.where if ckpt else 'the start (no checkpoint was written)'}")
     log = tracker.reopen(run_id)
     log.seed_from_store()
     with log:

@@ -5,25 +5,25 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pixelexp import checkpoint, tracking
-from pixelexp.errors import CheckpointError, UserError
+from pixelexp import checkpoint, rundir, tracking
+from pixelexp.errors import CheckpointError, UserError, first_line
 from pixelexp.images import save_png, to_grid, upscale
 from pixelexp.train import checkpoint_config, draw_samples, make_model, pick_device
 
-# The checkpoint a run reports (its best validation NLL); else its newest; a weights-only final.pt.
-CHECKPOINT_ARTIFACTS = ("checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/final.pt")
+# The checkpoint a run reports (its best validation NLL); else its newest.
+CHECKPOINT_ARTIFACTS = (rundir.BEST_ARTIFACT, rundir.LAST_ARTIFACT)
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
-    """-> (model, config, checkpoint dict); one-line errors for files that are not ours."""
+    """-> (model, config, checkpoint); one-line errors for files that are not ours."""
     ckpt = checkpoint.load(path, device)
-    cfg = checkpoint_config(ckpt, str(path))
-    model = make_model(cfg, tuple(ckpt["image_shape"]), int(ckpt["levels"]), ckpt.get("num_classes"))
+    cfg = checkpoint_config(ckpt)
+    model = make_model(cfg, tuple(ckpt.image_shape), int(ckpt.levels), ckpt.num_classes)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.model)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
-                              f"({str(e).splitlines()[0][:160]})") from None
+                              f"({first_line(e)})") from None
     return model.to(device), cfg, ckpt
 
 
@@ -39,8 +39,8 @@ def sample_run(run_id: str, n: int = 64, out: str | Path | None = None, seed: in
                 if i == len(CHECKPOINT_ARTIFACTS) - 1:
                     raise
         model, cfg, ckpt = load_checkpoint(local, str(dev))
-    images = draw_samples(model, n, seed, dev, ckpt.get("num_classes"))
+    images = draw_samples(model, n, seed, dev, ckpt.num_classes)
     out = Path(out or Path("reports") / "samples" / f"{run_id}.png")
     save_png(upscale(to_grid(images, model.levels), 3), out)
-    echo(f"{n} samples of run {run_id} ({cfg.model.name}, epoch {ckpt['epoch']}) written to {out}")
+    echo(f"{n} samples of run {run_id} ({cfg.model.name}, epoch {ckpt.epoch}) written to {out}")
     return out

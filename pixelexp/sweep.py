@@ -17,10 +17,11 @@ the sampler, the pruner and the storage:
     pruner: {type: median}          # median, hyperband, none
 
 Exactly `n_trials` trials run, however many workers share the study: the study holds
-that many queued (WAITING) trials, and a worker only ever takes a queued one (the
-storage hands each to one worker). Rerunning the same command resumes the study: a
-trial left RUNNING by a worker that died is marked FAIL and queued again, and only the
-missing trials run. A trial that crashes or turns NaN is recorded FAIL, not fatal.
+that many queued (WAITING) trials, and a worker only ever takes a queued one, which the
+storage hands to one worker only (`pixelexp.optuna_compat`). Rerunning the same command
+resumes the study: a trial left RUNNING by a worker that died is marked FAIL and queued
+again, and only the missing trials run. A trial that crashes or turns NaN is recorded
+FAIL, not fatal.
 
 Storage: `sqlite:///optuna.db` for one worker; a journal file `optuna/<sweep>.journal`
 for several on one machine (the default when WORKERS > 1, and whenever that file
@@ -32,18 +33,32 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pixelexp import signals
-from pixelexp.config import (Config, check_key, check_name, did_you_mean, flatten, load_experiment, parse_overrides,
-                             read_yaml, resolve, shown, shown_path, yaml_path)
+from pixelexp.config import (
+    Config,
+    check_key,
+    check_name,
+    did_you_mean,
+    flatten,
+    load_experiment,
+    parse_overrides,
+    read_yaml,
+    resolve,
+    shown,
+    shown_path,
+    yaml_path,
+)
 from pixelexp.errors import ConfigError, Interrupted, TrackingOutage, UserError
+from pixelexp.rundir import process_alive, this_process
 
 SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
               "objectives", "directions", "n_trials", "timeout", "sampler", "pruner", "storage", "heartbeat")
@@ -138,25 +153,8 @@ def _numbers(key: str, spec: dict, where: str) -> tuple[float, float, float | No
     """low, high and step of an int or float space: finite numbers, low < high, step > 0, and
     integers for an int space. Checked here because Optuna only refuses them once the
     study and its MLflow runs exist (or, for nan, never, and samples nan)."""
-    values: dict[str, float | None] = {}
-    for name in ("low", "high", "step"):
-        raw = spec.get(name)
-        if raw is None and name == "step":
-            values[name] = None
-            continue
-        try:
-            if isinstance(raw, bool):
-                raise TypeError
-            values[name] = float(raw)
-        except OverflowError:  # an integer beyond a float's range
-            values[name] = math.inf
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: space.{key} needs numbers low and high (and optionally step); "
-                              f"{name}={shown(raw)} is not one") from None
-        if not math.isfinite(values[name]):
-            raise ConfigError(f"{where}: space.{key} has {name}={values[name]!r}, not a finite number; "
-                              f"give finite numbers")
-    low, high, step = values["low"], values["high"], values["step"]
+    low, high = (_number(key, spec.get(name), name, where) for name in ("low", "high"))
+    step = None if spec.get("step") is None else _number(key, spec["step"], "step", where)
     if not low < high:
         raise ConfigError(f"{where}: space.{key} has low={low:g} >= high={high:g}")
     if step is not None and step <= 0:
@@ -164,6 +162,21 @@ def _numbers(key: str, spec: dict, where: str) -> tuple[float, float, float | No
     if spec["type"] == "int" and any(v is not None and v != int(v) for v in (low, high, step)):
         raise ConfigError(f"{where}: space.{key} is an int parameter; low, high and step must be integers")
     return low, high, step
+
+
+def _number(key: str, raw: Any, name: str, where: str) -> float:
+    try:
+        if isinstance(raw, bool):
+            raise TypeError
+        value = float(raw)
+    except OverflowError:  # an integer beyond a float's range
+        value = math.inf
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: space.{key} needs numbers low and high (and optionally step); "
+                          f"{name}={shown(raw)} is not one") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: space.{key} has {name}={value!r}, not a finite number; give finite numbers")
+    return value
 
 
 GRID_MAX_POINTS = 1_000_000  # Optuna's grid sampler holds every point in memory
@@ -347,15 +360,10 @@ def make_sampler(sweep: Sweep, seed: int | None = None):
     optuna = _optuna()
     kind = sweep.sampler.get("type", "tpe")
     seed = sweep.sampler.get("seed", 0) if seed is None else seed
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
     if kind == "grid":
         return optuna.samplers.GridSampler({p.key: p.grid() for p in sweep.space}, seed=seed)
-    if sweep.multi:
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return {"random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
+            "tpe": optuna.samplers.NSGAIISampler if sweep.multi else optuna.samplers.TPESampler}[kind](seed=seed)
 
 
 def make_pruner(sweep: Sweep):
@@ -373,9 +381,7 @@ def storage_url(sweep: Sweep, workers: int, given: str | None = None) -> str:
     if given or sweep.storage:
         return given or sweep.storage
     journal = Path("optuna") / f"{sweep.name}.journal"
-    if workers > 1 or journal.exists():
-        return f"journal:{journal}"
-    return f"sqlite:///{Path('optuna.db').resolve()}"
+    return f"journal:{journal}" if workers > 1 or journal.exists() else f"sqlite:///{Path('optuna.db').resolve()}"
 
 
 def open_storage(url: str, heartbeat: float = 30.0):
@@ -398,28 +404,29 @@ def open_storage(url: str, heartbeat: float = 30.0):
                         f"{str(e).splitlines()[0][:160]}); check the sweep's storage") from None
 
 
-def open_study(sweep: Sweep, url: str):
+@dataclass(frozen=True)
+class Store:
+    """A sweep's study and the storage object it was opened on, whose public methods change trial states."""
+    study: Any
+    storage: Any
+    study_id: int
+    heartbeat: int | None  # seconds between a worker's heartbeats; None for a file, which has none
+
+
+def open_store(sweep: Sweep, url: str) -> Store:
     optuna = _optuna()
-    return optuna.create_study(study_name=sweep.name, storage=open_storage(url, sweep.heartbeat),
-                               load_if_exists=True,
-                               directions=list(sweep.directions), sampler=make_sampler(sweep),
-                               pruner=make_pruner(sweep))
+    storage = open_storage(url, sweep.heartbeat)
+    study = optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True, pruner=make_pruner(sweep),
+                                directions=list(sweep.directions), sampler=make_sampler(sweep))
+    beats = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    return Store(study, storage, storage.get_study_id_from_name(sweep.name), beats)
+
+
+def open_study(sweep: Sweep, url: str):
+    return open_store(sweep, url).study
 
 
 WORKER_ATTR = "pixelexp_worker"  # "host:pid" of the process running a trial
-
-
-def _alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True  # another machine's worker: its storage heartbeat is the judge
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def requeue(study, trial) -> None:
@@ -427,51 +434,48 @@ def requeue(study, trial) -> None:
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
 
-def recover(study) -> list:
+def _fail_and_requeue(store: Store, trial) -> bool:
+    """A dead worker's RUNNING trial -> FAIL, queued again; False if another process did it first."""
+    optuna = _optuna()
+    trial_id = store.storage.get_trial_id_from_study_id_trial_number(store.study_id, trial.number)
+    try:
+        store.storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    requeue(store.study, trial)
+    return True
+
+
+def recover(store: Store) -> list:
     """Trials left RUNNING by a dead worker -> FAIL, queued again. On a database server the
     storage's heartbeats decide; for a journal or SQLite file, whether the worker's
     process still lives on this machine."""
     optuna = _optuna()
-    from optuna.storages import fail_stale_trials
-    states = optuna.trial.TrialState
-    if _heartbeats(study):
-        running = study.get_trials(deepcopy=False, states=(states.RUNNING,))
-        before = {t.number for t in running}
-        fail_stale_trials(study)  # calls `requeue` for each
-        # A worker killed after taking a trial but before its first heartbeat leaves no
-        # heartbeat to go stale; it sets its worker attribute right after that first beat,
-        # so a trial without one for several grace periods has no worker.
-        grace = study._storage.get_heartbeat_interval() * 2 * 3
-        now = datetime.datetime.now()
-        for t in running:
-            if WORKER_ATTR not in t.user_attrs and t.datetime_start is not None \
-                    and (now - t.datetime_start).total_seconds() > grace:
-                study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
-                requeue(study, t)
-        return [t for t in study.get_trials(deepcopy=False, states=(states.FAIL,)) if t.number in before]
-    retried = []
-    for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-        owner = t.user_attrs.get(WORKER_ATTR)
-        if owner is None or _alive(owner):
-            continue
-        study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
-        requeue(study, t)
-        retried.append(t)
-    return retried
+    running = store.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if store.heartbeat is None:
+        # A worker on another machine, or one this process may not signal, is not judged dead here.
+        return [t for t in running if WORKER_ATTR in t.user_attrs
+                and process_alive(t.user_attrs[WORKER_ATTR]) is False and _fail_and_requeue(store, t)]
+    optuna.storages.fail_stale_trials(store.study)  # the storage's stale-trial callback, `requeue`, queues each
+    # A worker killed after taking a trial but before its first heartbeat leaves no
+    # heartbeat to go stale; it sets its worker attribute right after that first beat,
+    # so a trial without one for several grace periods has no worker.
+    since = datetime.datetime.now() - datetime.timedelta(seconds=store.heartbeat * 2 * 3)
+    for t in running:
+        if WORKER_ATTR not in t.user_attrs and t.datetime_start is not None and t.datetime_start < since:
+            _fail_and_requeue(store, t)
+    failed = {t.number for t in store.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+    return [t for t in running if t.number in failed]
 
 
-def _heartbeats(study) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-    return is_heartbeat_enabled(study._storage)
-
-
-def close_dead_runs(tracker, trials) -> None:
-    """The MLflow runs of trials whose worker died: KILLED, tagged as retried."""
+def close_dead_runs(tracker, trials: list) -> list:
+    """The MLflow runs of trials whose worker died: KILLED, tagged as retried -> those trials."""
     for t in trials:
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id and tracker.has_run(run_id) and tracker.client.get_run(run_id).info.status == "RUNNING":
             tracker.set_tags(run_id, {"optuna.state": "failed (worker died; retried)"})
             tracker.set_terminated(run_id, "KILLED")
+    return trials
 
 
 def counted(study) -> int:
@@ -488,97 +492,99 @@ def top_up(study, n_trials: int) -> int:
     return missing
 
 
-def work(sweep: Sweep, study, tracker, parent_id: str, deadline: float | None, echo=print) -> int:
-    """Run queued trials until none is left (or the deadline passes) -> trials run."""
-    optuna = _optuna()
+def work(sweep: Sweep, store: Store, tracker, parent_id: str, deadline: float | None, echo=print) -> int:
+    """Run queued trials until none is left (or the deadline passes) -> trials run. A worker takes
+    queued trials only (see `pixelexp.optuna_compat`); each draws with its own seeded sampler."""
+    from pixelexp.optuna_compat import claim_queued_trial, trial_object
     from pixelexp.tracking import RunLog
-    from pixelexp.train import run
-    states = optuna.trial.TrialState
+    states = _optuna().trial.TrialState
     parent = RunLog(tracker.client, parent_id, journal=False)  # workers share it: sent directly
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    beating = _heartbeats(study)
+    me = this_process()
     done = 0
     while deadline is None or time.time() < deadline:
         signals.check("between trials")  # before taking a trial: it stays queued for the next run
-        trial_id = study._pop_waiting_trial_id()  # atomic: each queued trial goes to one worker
-        if trial_id is None:
+        claimed = claim_queued_trial(store.study, store.storage, store.study_id)
+        if claimed is None:
             # Nothing queued. On a server, a trial still RUNNING may belong to a dead worker:
             # wait for its heartbeat to go stale (it is then queued again) or for it to end.
-            if beating and study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-                time.sleep(study._storage.get_heartbeat_interval())
-                recover(study)
-                continue
-            break
-        # Beat first: a worker killed from here on leaves a heartbeat that goes stale.
-        stop = _start_heartbeat(study, trial_id) if beating else None
-        study.sampler = make_sampler(sweep, trial_seed(sweep, study._storage.get_trial_number_from_id(trial_id)))
-        trial = optuna.Trial(study, trial_id)
-        trial.set_user_attr(WORKER_ATTR, me)
-        values = {p.key: p.suggest(trial) for p in sweep.space}
-        cfg = resolve([sweep.base.flat(), values], ["sweep base", f"trial {trial.number}"])
-        child = tracker.start_run(f"trial-{trial.number}", parent=parent, tags={
-            "pixelexp.kind": "trial", "optuna.study": sweep.name, "optuna.trial": trial.number,
-            "optuna.state": "running", **({"optuna.retry_of": trial.user_attrs["retry_of"]}
-                                          if "retry_of" in trial.user_attrs else {})})
-        trial.set_user_attr("mlflow_run_id", child.run_id)
-
-        def on_epoch(epoch: int, m: dict) -> None:
-            if sweep.multi:
-                return
-            trial.report(m[sweep.metrics[0]], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
-
-        try:
-            result = run(cfg, child, label=f"trial {trial.number}", progress=False, echo=echo, on_epoch=on_epoch)
-        except optuna.TrialPruned:
-            study.tell(trial, state=states.PRUNED)
-            child.set_tags({"optuna.state": "pruned"})
-            child.end("FINISHED")
-            echo(f"[trial {trial.number}] pruned")
-        except (Interrupted, KeyboardInterrupt):  # SIGTERM/SIGINT: the trial stays RUNNING in the
-            # study, so the next `make sweep` queues it again (its worker is gone); the run is KILLED.
-            child.set_tags({"optuna.state": "interrupted (queued again by the next run of the sweep)"})
-            try:
-                child.end("KILLED", wait=10)
-            except TrackingOutage as e:
-                echo(f"warning: {e}")
-            raise
-        except Exception as e:  # noqa: BLE001 - a crash or NaN in one trial is recorded, not fatal
-            study.tell(trial, state=states.FAIL)
-            child.set_tags({"optuna.state": "failed", "pixelexp.error": f"{type(e).__name__}: {e}"})
-            child.end("FAILED")
-            echo(f"[trial {trial.number}] failed: {type(e).__name__}: {e}")
-        else:
-            value = [result.metrics[m] for m in sweep.metrics]
-            if any(not math.isfinite(v) for v in value):
-                study.tell(trial, state=states.FAIL)
-                child.set_tags({"optuna.state": "failed"})
-            else:
-                study.tell(trial, value if sweep.multi else value[0])
-                child.set_tags({"optuna.state": "complete"})
-            child.end("FINISHED")
-        finally:
-            if stop is not None:
-                stop.set()
+            if store.heartbeat is None or not store.study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+                break
+            time.sleep(store.heartbeat)
+            recover(store)
+            continue
+        trial_id, number = claimed
+        with _beating(store, trial_id):  # a worker killed from here on leaves a heartbeat that goes stale
+            store.study.sampler = make_sampler(sweep, trial_seed(sweep, number))
+            trial = trial_object(store.study, trial_id)
+            trial.set_user_attr(WORKER_ATTR, me)
+            run_trial(sweep, store.study, trial, tracker, parent, echo)
         done += 1
     return done
 
 
-def _start_heartbeat(study, trial_id: int):
-    """Beat for this trial every heartbeat interval until the returned event is set."""
-    import threading
+@contextmanager
+def _beating(store: Store, trial_id: int):
+    """Heartbeats for `trial_id` while the block runs (on a server): one at once, then one every interval."""
     stop = threading.Event()
-    interval = study._storage.get_heartbeat_interval()
 
     def beat() -> None:
-        while not stop.wait(interval):
-            study._storage.record_heartbeat(trial_id)
+        while not stop.wait(store.heartbeat):
+            store.storage.record_heartbeat(trial_id)
 
-    study._storage.record_heartbeat(trial_id)  # the first beat before anything else happens
+    if store.heartbeat is not None:
+        store.storage.record_heartbeat(trial_id)
+        threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
+    try:
+        yield
+    finally:
+        stop.set()
 
-    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
-    return stop
+
+def run_trial(sweep: Sweep, study, trial, tracker, parent, echo) -> None:
+    """Train one trial's config in its own MLflow run, then tell the study how it ended. A
+    crash or NaN fails the trial alone; an interrupt leaves it RUNNING, to be queued again."""
+    optuna = _optuna()
+    from pixelexp.train import run
+    states = optuna.trial.TrialState
+    values = {p.key: p.suggest(trial) for p in sweep.space}
+    cfg = resolve([sweep.base.flat(), values], ["sweep base", f"trial {trial.number}"])
+    child = tracker.start_run(f"trial-{trial.number}", parent=parent, tags={
+        "pixelexp.kind": "trial", "optuna.study": sweep.name, "optuna.trial": trial.number,
+        "optuna.state": "running", **({"optuna.retry_of": trial.user_attrs["retry_of"]}
+                                      if "retry_of" in trial.user_attrs else {})})
+    trial.set_user_attr("mlflow_run_id", child.run_id)
+
+    def on_epoch(epoch: int, m: dict) -> None:
+        if not sweep.multi:
+            trial.report(m[sweep.metrics[0]], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    try:
+        result = run(cfg, child, label=f"trial {trial.number}", progress=False, echo=echo, on_epoch=on_epoch)
+    except optuna.TrialPruned:
+        study.tell(trial, state=states.PRUNED)
+        child.set_tags({"optuna.state": "pruned"})
+        child.end("FINISHED")
+        echo(f"[trial {trial.number}] pruned")
+    except (Interrupted, KeyboardInterrupt):  # SIGTERM/SIGINT: the next `make sweep` queues it again
+        child.set_tags({"optuna.state": "interrupted (queued again by the next run of the sweep)"})
+        try:
+            child.end("KILLED", wait=10)
+        except TrackingOutage as e:
+            echo(f"warning: {e}")
+        raise
+    except Exception as e:  # noqa: BLE001 - a crash or NaN in one trial is recorded, not fatal
+        study.tell(trial, state=states.FAIL)
+        child.set_tags({"optuna.state": "failed", "pixelexp.error": f"{type(e).__name__}: {e}"})
+        child.end("FAILED")
+        echo(f"[trial {trial.number}] failed: {type(e).__name__}: {e}")
+    else:
+        value = [result.metrics[m] for m in sweep.metrics]
+        finite = all(math.isfinite(v) for v in value)
+        study.tell(trial, (value if sweep.multi else value[0]) if finite else None, None if finite else states.FAIL)
+        child.set_tags({"optuna.state": "complete" if finite else "failed"})
+        child.end("FINISHED")
 
 
 def _gpus() -> int:
@@ -596,17 +602,15 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
 
     overrides = list(overrides or [])
     sweep = load_sweep(path, overrides)
-    if n_trials is not None:
-        from dataclasses import replace
-        sweep = replace(sweep, n_trials=n_trials)
+    sweep = sweep if n_trials is None else replace(sweep, n_trials=n_trials)
     # Bad data or a base model that cannot run stops us before any write; a trial whose
     # sizes do not fit the machine fails alone (its run says why), the others go on.
     preflight(sweep.base)
     signals.check("during start-up; nothing was written")
     url = storage_url(sweep, workers, storage)
-    study = open_study(sweep, url)
+    store = open_store(sweep, url)
     tracker = tracking.Tracker(f"sweep-{sweep.name}")
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    parent_id = store.study.user_attrs.get("mlflow_parent_run_id")
     if parent_id is None or not tracker.has_run(parent_id):
         parent = tracker.start_run(f"sweep {sweep.name}", journal=False, tags={
             "pixelexp.kind": "sweep", "optuna.study": sweep.name, "optuna.storage": url,
@@ -616,24 +620,23 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
                            "pruner": sweep.pruner.get("type", "median"),
                            "space": "; ".join(f"{p.key}:{p.type}" for p in sweep.space)})
         parent.log_text(sweep.path.read_text(), f"sweep/{sweep.path.name}")
-        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        store.study.set_user_attr("mlflow_parent_run_id", parent.run_id)
         parent_id = parent.run_id
     else:
         tracker.reopen(parent_id, journal=False)
-    retried = recover(study)
-    close_dead_runs(tracker, retried)
-    added = top_up(study, sweep.n_trials)
-    echo(f"sweep {sweep.name}: study in {url}; {counted(study) - added} trials there before, {added} queued"
+    retried = close_dead_runs(tracker, recover(store))
+    added = top_up(store.study, sweep.n_trials)
+    echo(f"sweep {sweep.name}: study in {url}; {counted(store.study) - added} trials there before, {added} queued"
          + (f", {len(retried)} retried after a dead worker" if retried else "")
          + f"; MLflow parent run {parent_id}")
     deadline = None if sweep.timeout is None else time.time() + sweep.timeout
     try:
         if workers <= 1:
-            work(sweep, study, tracker, parent_id, deadline, echo)
+            work(sweep, store, tracker, parent_id, deadline, echo)
         else:
             run_workers(sweep, overrides, workers, url, parent_id, echo)
-            close_dead_runs(tracker, recover(study))  # a dead worker's trial is queued again: finish here
-            work(sweep, study, tracker, parent_id, deadline, echo)
+            close_dead_runs(tracker, recover(store))  # a dead worker's trial is queued again: finish here
+            work(sweep, store, tracker, parent_id, deadline, echo)
     except (Interrupted, KeyboardInterrupt) as e:  # the next run of the same command goes on with the study
         try:
             tracker.set_tags(parent_id, {"pixelexp.killed_by": str(e) or type(e).__name__})
@@ -642,7 +645,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
             echo(f"warning: the sweep's parent run {parent_id} could not be marked KILLED "
                  f"({type(outage).__name__})")
         raise
-    return finish(sweep, study, tracker, parent_id, url, report, echo)
+    return finish(sweep, store.study, tracker, parent_id, url, report, echo)
 
 
 def run_workers(sweep: Sweep, overrides: list[str], workers: int, url: str, parent_id: str, echo) -> None:
@@ -666,16 +669,13 @@ def run_workers(sweep: Sweep, overrides: list[str], workers: int, url: str, pare
 def worker_main(path: str, overrides: list[str], url: str, parent_id: str) -> None:
     from pixelexp import tracking
     sweep = load_sweep(path, overrides)
-    study = open_study(sweep, url)
-    tracker = tracking.Tracker(f"sweep-{sweep.name}")
     deadline = None if sweep.timeout is None else time.time() + sweep.timeout
-    work(sweep, study, tracker, parent_id, deadline)
+    work(sweep, open_store(sweep, url), tracking.Tracker(f"sweep-{sweep.name}"), parent_id, deadline)
 
 
 def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool, echo) -> dict:
-    optuna = _optuna()
     from pixelexp.tracking import RunLog
-    states = optuna.trial.TrialState
+    states = _optuna().trial.TrialState
     parent = RunLog(tracker.client, parent_id, journal=False)  # workers share it: sent directly
     trials = study.get_trials(deepcopy=False)
     summary = {s.name.lower(): sum(t.state == s for t in trials) for s in states}
@@ -717,4 +717,5 @@ def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool,
     return {"study": study, "parent_run_id": parent_id, "summary": summary, **best}
 
 
-__all__ = ["Sweep", "Param", "load_sweep", "run_sweep", "open_study", "recover", "top_up", "counted", "work"]
+__all__ = ["Sweep", "Param", "Store", "load_sweep", "run_sweep", "open_store", "open_study", "recover", "top_up",
+           "counted", "work"]

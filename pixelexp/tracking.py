@@ -14,7 +14,6 @@ and otherwise stay in the journal for `python -m pixelexp sync runs/<run id>`.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -25,9 +24,10 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,8 +48,9 @@ import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
-from pixelexp.errors import TrackingOutage, UserError  # noqa: E402
+from pixelexp.errors import TrackingOutage, UserError, cause  # noqa: E402
 from pixelexp.journal import Journal  # noqa: E402
+from pixelexp.rundir import RunDir  # noqa: E402
 
 for _name in ("mlflow", "alembic"):  # in case MLflow was imported before us
     logging.getLogger(_name).setLevel(max(logging.getLogger(_name).level, logging.WARNING))
@@ -93,92 +94,6 @@ def clean_tags(tags: dict[str, Any]) -> dict[str, str]:
 def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Numbers as floats (numpy and torch scalars, bools, ints); NaN and inf stay what they are."""
     return {clean_key(k): float(v) for k, v in metrics.items()}
-
-
-def runs_root() -> Path:
-    """Local folders of runs (checkpoints, journal): $PIXELEXP_RUNS, else runs/."""
-    return Path(os.environ.get("PIXELEXP_RUNS") or "runs")
-
-
-def run_folder(run_id: str) -> Path:
-    return runs_root() / run_id
-
-
-_held: dict[str, int] = {}  # run id -> open lock file of a run this process runs
-
-
-def claim(run_id: str) -> None:
-    """Hold the run for this process: an exclusive lock on runs/<run id>/lock, kept until
-    `release` or the process ends (the kernel drops it then, even on SIGKILL). Taking it is
-    atomic, so of two processes that resume one run at once exactly one gets it; the
-    other gets a one-line error. `owner` beside it says which process holds it."""
-    import fcntl
-    import socket
-    if run_id in _held:
-        return
-    folder = run_folder(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # no flock here (some NFS):
-            (folder / "owner").write_text(f"{socket.gethostname()}:{os.getpid()}")  # the owner file tells
-            return
-        owner = _read_owner(run_id) or "another process"
-        pid = owner.rpartition(":")[2]
-        raise UserError(f"run {run_id} is running in process {owner}; wait for it to end, or stop it first "
-                        f"(kill -TERM {pid} writes a checkpoint)") from None
-    _held[run_id] = fd
-    (folder / "owner").write_text(f"{socket.gethostname()}:{os.getpid()}")
-
-
-def release(run_id: str) -> None:
-    """Let go of a run this process held (its end)."""
-    fd = _held.pop(run_id, None)
-    if fd is not None:
-        os.close(fd)
-
-
-def _read_owner(run_id: str) -> str | None:
-    try:
-        return (run_folder(run_id) / "owner").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def owner_alive(run_id: str) -> str | None:
-    """'host:pid' of another live process on this host that holds the run, else None."""
-    import fcntl
-    import socket
-    if run_id in _held:
-        return None
-    lock = run_folder(run_id) / "lock"
-    if lock.exists():
-        try:
-            fd = os.open(lock, os.O_RDWR)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return None  # nobody holds it
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return _read_owner(run_id) or "another process"
-        finally:
-            os.close(fd)
-    owner = _read_owner(run_id)  # no lock to ask: judge by the owner's process id
-    try:
-        host, pid = (owner or "").rsplit(":", 1)
-        if host != socket.gethostname() or int(pid) == os.getpid():
-            return None
-        os.kill(int(pid), 0)
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
-            return None  # a zombie (killed, not yet reaped by its parent) is not alive
-    except (OSError, ValueError):
-        return None
-    return owner
 
 
 def tracking_wait() -> float:
@@ -249,15 +164,10 @@ def open_client(uri: str | None = None, create: bool = False) -> MlflowClient:
         except Exception as e:  # noqa: BLE001 - any failure to reach or read the store
             hint = f"move the damaged {db} aside" if db is not None and db.is_file() else \
                 "check that the server runs"
-            raise UserError(f"MLflow store {uri} cannot be opened ({type(e).__name__}: "
-                            f"{_first_line(e)}); check MLFLOW_TRACKING_URI, or {hint}") from None
+            raise UserError(f"MLflow store {uri} cannot be opened ({cause(e)}); "
+                            f"check MLFLOW_TRACKING_URI, or {hint}") from None
     _opened.add(uri)
     return client
-
-
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 
 
 def git_state() -> dict[str, str]:
@@ -317,8 +227,8 @@ class Tracker:
         self.experiment_id = found.experiment_id
         self.experiment = experiment
 
-    def start_run(self, name: str, parent: "RunLog | str | None" = None, tags: dict | None = None,
-                  journal: bool = True) -> "RunLog":
+    def start_run(self, name: str, parent: RunLog | str | None = None, tags: dict | None = None,
+                  journal: bool = True) -> RunLog:
         all_tags = {**(tags or {})}
         if parent is not None:
             all_tags["mlflow.parentRunId"] = parent if isinstance(parent, str) else parent.run_id
@@ -326,7 +236,7 @@ class Tracker:
         return RunLog(self.client, run.info.run_id, journal=journal, uri=self.uri)
 
     @classmethod
-    def of_run(cls, run_id: str, uri: str | None = None) -> "Tracker":
+    def of_run(cls, run_id: str, uri: str | None = None) -> Tracker:
         """The tracker of the experiment a run belongs to."""
         uri = uri or tracking_uri()
         client = open_client(uri)
@@ -353,7 +263,7 @@ class Tracker:
         except Exception:  # noqa: BLE001
             return False
 
-    def reopen(self, run_id: str, journal: bool = True) -> "RunLog":
+    def reopen(self, run_id: str, journal: bool = True) -> RunLog:
         """Mark a run as running again (a resumed run or sweep keeps its run id); its journal
         is opened first, so a damaged one stops us before the run is touched."""
         log = RunLog(self.client, run_id, journal=journal, uri=self.uri)
@@ -429,9 +339,9 @@ class RunLog:
         self.client = client
         self.run_id = run_id
         self.uri = uri or tracking_uri()
-        self.folder = run_folder(run_id)
+        self.run_dir = RunDir.of(run_id)
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.journal = Journal(self.folder / "journal", {"run_id": run_id, "tracking_uri": self.uri}) \
+        self.journal = Journal(self.run_dir.journal, {"run_id": run_id, "tracking_uri": self.uri}) \
             if journal else None
         self._sender = _Sender(client, run_id, self.journal, self.warn) if journal else None
 
@@ -498,7 +408,7 @@ class RunLog:
         does not take them within `wait` seconds (they stay in the journal)."""
         self._emit({"kind": "status", "status": status})
         if self._sender is None:
-            release(self.run_id)
+            self.run_dir.release()
             return
         wait = tracking_wait() if wait is None else wait
         try:  # the run stays held until its journal is sent or left: no second process writes it meanwhile
@@ -508,14 +418,14 @@ class RunLog:
                 shutil.rmtree(self.journal.folder, ignore_errors=True)  # everything is in the store
                 return
         finally:
-            release(self.run_id)
+            self.run_dir.release()
         raise TrackingOutage(
             f"the MLflow store {self.uri} did not answer for {wait:.0f} s "
             f"({self._sender.describe_error()}); {len(self.journal.pending())} records of run "
             f"{self.run_id} are kept in {self.journal.folder}; when it answers again, send them with "
-            f"`python -m pixelexp sync {self.folder}`")
+            f"`python -m pixelexp sync {self.run_dir.path}`")
 
-    def __enter__(self) -> "RunLog":
+    def __enter__(self) -> RunLog:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -554,7 +464,7 @@ class _Sender:
 
     def describe_error(self) -> str:
         e = self.error
-        return "no error" if e is None else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        return "no error" if e is None else cause(e)
 
     def flush(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -613,7 +523,7 @@ class _Sender:
                     j += 1
             try:
                 _send_many(self.client, self.run_id, batch[i:j], self.journal)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if _transient(e):
                     raise
                 self._reject(batch[i:j], e)
@@ -628,7 +538,7 @@ class _Sender:
             for ev in events:
                 f.write(json.dumps({**ev, "error": f"{type(e).__name__}: {e}"[:500]}) + "\n")
         self.warn(f"warning: the MLflow store rejected a {events[0]['kind']} record of run {self.run_id} "
-                  f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); kept in "
+                  f"({cause(e)}); kept in "
                   f"{self.journal.folder / 'rejected.jsonl'}")
 
 
@@ -683,9 +593,10 @@ def _send_one(client: MlflowClient, run_id: str, e: dict[str, Any], journal: Jou
 def sync(folder: str | Path, uri: str | None = None, echo=print) -> int:
     """Send the records a run's journal still holds -> how many were sent."""
     folder = Path(folder)
-    jdir = folder / "journal" if (folder / "journal").is_dir() else folder
+    jdir = RunDir.at(folder).journal  # given the run's folder; else the journal's own folder
+    jdir = jdir if jdir.is_dir() else folder
     if not (jdir / "events.jsonl").exists():
-        raise UserError(f"{folder}: no journal here (expected {folder}/journal/events.jsonl); give the "
+        raise UserError(f"{folder}: no journal here (expected {RunDir.at(folder).journal}/events.jsonl); give the "
                         f"run folder named in the message, e.g. runs/<run id>")
     journal = Journal(jdir)
     meta = journal.meta
@@ -699,13 +610,13 @@ def sync(folder: str | Path, uri: str | None = None, echo=print) -> int:
     try:
         _Sender(client, run_id, journal, echo, thread=False)._send(pending)
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"the MLflow store {uri} does not answer ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]}); {len(journal.pending())} records of run {run_id} "
+        raise UserError(f"the MLflow store {uri} does not answer ({cause(e)}); "
+                        f"{len(journal.pending())} records of run {run_id} "
                         f"still wait in {jdir}; try again later") from None
     echo(f"sent {len(pending)} records of run {run_id} to {uri}")
     shutil.rmtree(jdir, ignore_errors=True)
     return len(pending)
 
 
-__all__ = ["Tracker", "RunLog", "clean_key", "clean_params", "clean_tags", "clean_metrics", "tracking_uri", "git_state", "git_diff", "pip_freeze", "metric_history",
-           "download", "list_artifacts", "run_folder", "runs_root", "sync", "claim", "release", "owner_alive"]
+__all__ = ["Tracker", "RunLog", "clean_key", "clean_params", "clean_tags", "clean_metrics", "tracking_uri",
+           "git_state", "git_diff", "pip_freeze", "metric_history", "download", "list_artifacts", "sync"]

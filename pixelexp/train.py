@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pixelexp import checkpoint, fast, signals
+from pixelexp import checkpoint, fast, rundir, signals
 from pixelexp.config import Config
 from pixelexp.data import DataSplits, load_data
 from pixelexp.distributed import Dist, all_sum, barrier, broadcast
@@ -244,11 +244,11 @@ class Trainer:
     """One run's model, optimizer, scheduler and position, and the checkpoints of them."""
 
     def __init__(self, cfg: Config, data: DataSplits, model, net, optimizer, scheduler, device, ctx: Dist,
-                 ckpt_dir: checkpoint.CheckpointDir | None, log, label: str, progress: bool,
-                 paths: fast.FastPaths = fast.PLAIN):
+                 run_dir: rundir.RunDir | None, log, label: str, progress: bool, paths: fast.FastPaths = fast.PLAIN):
         self.cfg, self.data, self.model, self.net = cfg, data, model, net
         self.optimizer, self.scheduler, self.device, self.ctx = optimizer, scheduler, device, ctx
-        self.ckpt_dir, self.log, self.label, self.progress = ckpt_dir, log, label, progress
+        self.run_dir, self.log, self.label, self.progress = run_dir, log, label, progress
+        self.ckpt_dir = checkpoint.CheckpointDir(run_dir.checkpoints, cfg.train.keep_checkpoints) if run_dir else None
         self.paths = paths
         # forward + backward of a full batch, maybe as a CUDA graph; the same for evaluation
         self.grad_step = fast.GradStep(net, model, paths, device, batch_size=cfg.train.batch_size)
@@ -261,19 +261,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state(self) -> dict:
-        pos = dict(vars(self.pos))
-        return {
-            "config": self.cfg.to_dict(), "image_shape": list(self.data.image_shape),
-            "levels": self.data.levels, "num_classes": self.data.num_classes,
-            "data_checksum": self.data.checksum, "run_id": getattr(self.log, "run_id", None),
-            "epoch": len(self.pos.history),  # epochs finished
-            "metrics": self.pos.history[-1] if self.pos.history else {},
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "train_state": pos,
-            "data_rng": self.gen.get_state() if self.gen is not None and self.pos.batch else None,
-            "rng": checkpoint.pack_rng(checkpoint.rng_state()), "torch_version": str(torch.__version__),
-        }
+    def state(self) -> checkpoint.Checkpoint:
+        return checkpoint.Checkpoint(
+            config=self.cfg.to_dict(), image_shape=list(self.data.image_shape),
+            levels=self.data.levels, num_classes=self.data.num_classes,
+            data_checksum=self.data.checksum, run_id=getattr(self.log, "run_id", None),
+            epoch=len(self.pos.history),  # epochs finished
+            metrics=self.pos.history[-1] if self.pos.history else {},
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), train_state=dict(vars(self.pos)),
+            data_rng=self.gen.get_state() if self.gen is not None and self.pos.batch else None,
+            rng=checkpoint.pack_rng(checkpoint.rng_state()), torch_version=str(torch.__version__))
 
     def save(self, final: bool = False) -> Path | None:
         """Rank 0 writes runs/<id>/checkpoints/step-N.pt and sends it as checkpoints/last.pt."""
@@ -282,29 +280,28 @@ class Trainer:
             return None
         self.written = self.ckpt_dir.write(self.state(), self.pos.step, final=final)
         if self.log is not None:
-            self.log.log_artifact(self.written, "checkpoints", name="last.pt", copy=False)
+            self.log.log_artifact(self.written, rundir.CHECKPOINTS, name=rundir.LAST, copy=False)
         return self.written
 
     def save_best(self) -> Path | None:
         """Rank 0 writes the checkpoint of the epoch with the best validation NLL so far as
         runs/<id>/checkpoints/best.pt (MLflow: checkpoints/best.pt): the model a run reports."""
-        if self.ckpt_dir is None or not self.ctx.main:
+        if self.run_dir is None or not self.ctx.main:
             return None
-        path = checkpoint.atomic_save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "final": False,
-                                       **self.state()}, self.ckpt_dir.folder / "best.pt")
+        path = self.state().save(self.run_dir.best)
         if self.log is not None:
-            self.log.log_artifact(path, "checkpoints", name="best.pt")
+            self.log.log_artifact(path, rundir.CHECKPOINTS, name=rundir.BEST)
         return path
 
-    def restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.pos = Position(**ckpt["train_state"])
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        self.model.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        self.pos = Position(**ckpt.train_state)
         if not self.ctx.main:  # the partial sums are global: rank 0 carries them on
             self.pos.nats, self.pos.seen = 0.0, 0
-        checkpoint.set_rng_state(checkpoint.unpack_rng(ckpt["rng"]))
-        self.data_rng = ckpt.get("data_rng")
+        checkpoint.set_rng_state(checkpoint.unpack_rng(ckpt.rng))
+        self.data_rng = ckpt.data_rng
 
     # ------------------------------------------------------------------ signals
 
@@ -388,7 +385,7 @@ class Trainer:
         t0 = time.perf_counter()
         bs = cfg.train.eval_batch_size
         # A signal abandons the evaluation (one process only: ranks evaluate different numbers of batches).
-        stop = (lambda: False) if self.ctx.active else (lambda: signals.requested() is not None)  # noqa: E731
+        stop = (lambda: False) if self.ctx.active else (lambda: signals.requested() is not None)
         try:
             val = evaluate(self.model, data.val, bs, self.device, data.val_labels, self.ctx, stop,
                            self.eval_step) \
@@ -431,20 +428,10 @@ def draw_samples(model: AutoregressiveModel, n: int, seed: int, device,
     return fast.sample(model, n, generator=g, device=device, labels=labels, graphs=graphs)
 
 
-def save_checkpoint(path: Path, model, optimizer, cfg: Config, data: DataSplits, epoch: int,
-                    metrics: dict) -> Path:
-    """A weights-only checkpoint (what `sample` needs), written atomically."""
-    return checkpoint.atomic_save({
-        "format": checkpoint.FORMAT, "version": 1, "config": cfg.to_dict(),
-        "image_shape": list(data.image_shape), "levels": data.levels, "num_classes": data.num_classes,
-        "epoch": epoch, "metrics": metrics, "data_checksum": data.checksum,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "torch_version": str(torch.__version__)}, Path(path))
-
-
-def check_resumable(cfg: Config, ckpt: dict, data: DataSplits, where: str) -> None:
+def check_resumable(cfg: Config, ckpt: checkpoint.Checkpoint, data: DataSplits) -> None:
     """A checkpoint continues a run only with the same model, data and seeds."""
-    saved = checkpoint_config(ckpt, where)
+    where = ckpt.where
+    saved = checkpoint_config(ckpt)
     fixed = [k for k, v in cfg.flat().items()
              if k.split(".")[0] in ("data", "model") or k in ("train.seed", "train.optimizer", "train.batch_size")]
     differ = [f"{k}: {saved.flat()[k]!r} in the checkpoint, {cfg.flat()[k]!r} now" for k in fixed
@@ -452,16 +439,16 @@ def check_resumable(cfg: Config, ckpt: dict, data: DataSplits, where: str) -> No
     if differ:
         raise CheckpointError(f"{where} does not match this run's config ({'; '.join(differ[:3])}); "
                               f"resume it with its own config, or start a new run with `rerun`")
-    if ckpt.get("data_checksum") != data.checksum:
+    if ckpt.data_checksum != data.checksum:
         raise CheckpointError(f"{where}: the data changed since the checkpoint was written (checksum "
-                              f"{str(ckpt.get('data_checksum'))[:12]} then, {data.checksum[:12]} now); "
+                              f"{str(ckpt.data_checksum)[:12]} then, {data.checksum[:12]} now); "
                               f"restore the data files, or start a new run with `rerun`")
 
 
-def checkpoint_config(ckpt: dict, where: str) -> Config:
+def checkpoint_config(ckpt: checkpoint.Checkpoint) -> Config:
     from pixelexp.config import config_from_dict
     try:
-        return config_from_dict(ckpt["config"], f"{where} (config)")
+        return config_from_dict(ckpt.config, f"{ckpt.where} (config)")
     except ConfigError as e:
         raise CheckpointError(f"{e}; the checkpoint was written by another pixelexp version") from None
 
@@ -475,7 +462,7 @@ def preflight(cfg: Config) -> None:
 
 
 def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True, echo=print,
-        on_epoch=None, resume: dict | None = None) -> RunResult:
+        on_epoch=None, resume: checkpoint.Checkpoint | None = None) -> RunResult:
     """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing
     (and write no checkpoints). `resume`: a checkpoint (checkpoint.load) of this run to
     continue from. `on_epoch(epoch, metrics)` is called after each epoch's evaluation (a
@@ -503,28 +490,25 @@ def _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device) -> RunR
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer)
     n_params = count_parameters(model)
-    folder = getattr(log, "folder", None)
     # With DDP only rank 0 has the run; the others learn whether to resume from it.
-    folder = broadcast(str(folder) if folder else None, ctx)
-    ckpt_dir = checkpoint.CheckpointDir(Path(folder) / "checkpoints", cfg.train.keep_checkpoints) if folder else None
+    run_dir = broadcast(getattr(log, "run_dir", None), ctx)
     paths = fast.resolve(cfg.train.precision, cfg.train.compile, cfg.train.channels_last, device,
                          cfg.train.cuda_graphs, distributed=ctx.active)
     net = fast.apply(model, net, paths)
-    trainer = Trainer(cfg, data, model, net, optimizer, scheduler, device, ctx, ckpt_dir, log, label, progress,
+    trainer = Trainer(cfg, data, model, net, optimizer, scheduler, device, ctx, run_dir, log, label, progress,
                       paths)
     if ctx.active:  # every rank loads the checkpoint rank 0 resumes from
-        resume_path = broadcast(str(resume.get("_path", "")) if resume else None, ctx)
+        resume_path = broadcast(str(resume.path or "") if resume else None, ctx)
         if resume is None and resume_path:
             resume = checkpoint.load(resume_path, device)
     if resume is not None:
-        check_resumable(cfg, resume, data, str(resume.get("_path", "checkpoint")))
+        check_resumable(cfg, resume, data)
         trainer.restore(resume)
         model.to(device)
     if log is not None and resume is None:
         log_reproducibility(log, cfg, data, n_params, device, paths)
     if log is not None:
-        from pixelexp.tracking import claim
-        claim(log.run_id)
+        log.run_dir.claim()
     pos = trainer.pos
     done = "" if resume is None else f"; resuming at epoch {pos.epoch}, batch {pos.batch} (step {pos.step})"
     echo(f"[{label}] {cfg.model.name}: {n_params:,} parameters; data {data.source} "
@@ -540,7 +524,7 @@ def _run(cfg, log, label, progress, echo, on_epoch, resume, ctx, device) -> RunR
     except NonFiniteLoss as e:
         if log is not None:
             log.set_tags({"pixelexp.nan_step": e.step,
-                          "pixelexp.last_checkpoint": str(ckpt_dir.latest()) if ckpt_dir else "none"})
+                          "pixelexp.last_checkpoint": str(trainer.ckpt_dir.latest()) if trainer.ckpt_dir else "none"})
         raise
     result.checkpoint = trainer.written
     return result
@@ -606,9 +590,9 @@ def log_reproducibility(log, cfg: Config, data: DataSplits, n_params: int, devic
                   "python_version": platform.python_version(), "host": platform.node(), **git})
     log.set_tags({"pixelexp.fast_paths": paths.describe(), "pixelexp.impl": effective_impl(cfg, device)})
     text = _yaml(cfg)
-    Path(log.folder).mkdir(parents=True, exist_ok=True)
-    (Path(log.folder) / "config.yaml").write_text(text)
-    log.log_text(text, "config.yaml")
+    log.run_dir.path.mkdir(parents=True, exist_ok=True)
+    log.run_dir.config.write_text(text)
+    log.log_text(text, rundir.CONFIG)
     log.log_text(tracking.pip_freeze(), "environment/requirements.txt")
     if git.get("git_dirty") == "true":
         log.log_text(tracking.git_diff(), "environment/git.diff")

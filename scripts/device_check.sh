@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The one prepared GPU check, for a session that is lent the GPU machine. Here, once:
+# The one prepared GPU check, for a machine with a CUDA GPU. Once, in this checkout:
 #   ../shared/gpu/fetch-wheels.sh .whl                      # MLflow, Optuna for the device
 #   mkdir -p .devdata && cp -r ../shared/data/mnist-10k .devdata/
 #   (both ignored: /.whl/ and /.devdata/ in .git/info/exclude)
-# then: run(command="bash scripts/device_check.sh", carry=[".whl", ".devdata"], timeout_s=590)
+# then, on the GPU machine with .whl/ and .devdata/ copied along: bash scripts/device_check.sh
+# (allow it 590 s).
 #
 # Stages, most important first, each cut short by a shared deadline (BUDGET seconds) so
 # that a slow stage cannot cost the later ones everything; every bench stage writes its
@@ -19,7 +20,7 @@
 #   8. bf16 vs fp32 test bits/dim of a short pixel_cnn training (scripts/bf16_check.py);
 #   9. which switch buys what for pixel_rnn at batch 256 (compile / CUDA graphs).
 # All of $OUT also lands in $OUT/device-check.tgz.
-# Copy $OUT/bench-* into reports/bench/ and quote them in the note.
+# $OUT/bench-* belong in reports/bench/, which the README's Speed section quotes.
 set -u
 OUT=${OUT:-/tmp/out}
 BUDGET=${BUDGET:-400}
@@ -65,5 +66,5 @@ for combo in "on off" "off on"; do
     --compile "$1" --graphs "$2" --out "$OUT/ablate-compile-$1-graphs-$2"
 done
 echo "done in $(( $(date +%s) - START ))s" | tee -a "$OUT/log.txt"
-# Everything in one archive (the device tool brings back only a few files).
+# Everything in one archive too, for transports that bring back only a few files.
 tar czf /tmp/device-check.tgz -C "$OUT" . && mv /tmp/device-check.tgz "$OUT/"

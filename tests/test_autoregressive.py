@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from pixelexp.models import ALIASES, MODELS, build_model, set_impl
-from pixelexp.models.base import Draws
 
 NAMES = [n for n in MODELS if n not in ALIASES]  # each architecture once
 
@@ -320,22 +319,11 @@ def test_conditional_causality():
     assert causality_violation(wrapped, shape, 4) is None
 
 
-def naive_sample_in_order(model, n, generator):
-    """Reference sampler: recompute all logits for every subpixel, in generation order."""
-    C, H, W = model.image_shape
-    x = torch.zeros(n, C, H, W, dtype=torch.long)
-    draws = Draws.of(generator, model.sample_draws(), n, "cpu")
-    with torch.no_grad():
-        for c, i, j in model.generation_order():
-            x[:, c, i, j] = model._draw(model.logits(x)[:, c, ..., i, j], draws)
-    return x
-
-
 @pytest.mark.parametrize("shape,levels,stride", [((1, 5, 6), 2, 2), ((3, 4, 3), 4, 2), ((1, 7, 7), 2, 3)])
 def test_multiscale_sampler_draws_the_small_image_first_then_the_rest(shape, levels, stride):
     model = make("multiscale_pixel_rnn", shape, levels, scale_stride=stride)
     fast = model.sample(5, generator=torch.Generator().manual_seed(2))
-    naive = naive_sample_in_order(model, 5, torch.Generator().manual_seed(2))
+    naive = model.naive_sample(5, generator=torch.Generator().manual_seed(2))  # in generation order
     assert torch.equal(fast, naive) and fast.float().std() > 0
 
 

@@ -10,9 +10,9 @@
 
 import pytest
 import torch
+from test_autoregressive import make  # (tests/ is on sys.path under pytest)
 
 from pixelexp.models import ALIASES, MODELS, build_model
-from test_autoregressive import make  # (tests/ is on sys.path under pytest)
 
 NAMES = [n for n in MODELS if n not in ALIASES]
 

@@ -192,7 +192,7 @@ def test_png_folders_in_data_root_itself_and_preferred_over_npz(tmp_path):
     np.savez(tmp_path / "val_data.npz", data=rgb, labels=np.array([4, 5, 6]))
     data = load_data(cfg("imagenet32", tmp_path))
     assert data.source == "imagenet32-oord2016" and np.array_equal(data.test.numpy(), test)
-    for f in (tmp_path / "valid_32x32").iterdir():  # without the PNG original: the .npz batches, named as before
+    for f in (tmp_path / "valid_32x32").iterdir():  # without the PNG original: the .npz batches, tagged imagenet32
         f.unlink()
     (tmp_path / "valid_32x32").rmdir()
     load_data.cache_clear()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from test_resume import REPO, tiny_args
 
 from pixelexp import checkpoint
 from pixelexp.cli import main
-from test_resume import REPO, tiny_args
 
 ROOT = REPO.parent / "shared/data/mnist-10k"
 TINY = ["model.name=pixel_cnn", "model.hidden_dims=4", "model.recurrent_length=1", "model.out_hidden_dims=8",
@@ -175,7 +175,7 @@ def test_ctrl_c_in_the_final_sampling_stops_with_130_and_resume_draws_them(tmp_p
     assert run.info.status == "KILLED"
     assert not [a for a in c.list_artifacts(run.info.run_id, "images")]  # no grid: it was not drawn
     latest = checkpoint.CheckpointDir(tmp_path / "runs" / run.info.run_id / "checkpoints").latest()
-    assert checkpoint.load(latest)["train_state"]["evaluated"]
+    assert checkpoint.load(latest).train_state["evaluated"]
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)

@@ -31,8 +31,8 @@ def blocks(cond: torch.Tensor, s: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("shape,levels,stride", [((1, 6, 6), 2, 2), ((3, 4, 6), 4, 2), ((1, 9, 6), 2, 3)])
 def test_each_position_of_a_block_gets_its_own_conditioning(shape, levels, stride):
-    """Nearest-neighbour upsampling gave the s*s positions of a block one vector; now no two
-    offsets of any block share their conditioning, also where the small image is blank."""
+    """Nearest-neighbour upsampling would give the s*s positions of a block one vector; here no
+    two offsets of any block share their conditioning, also where the small image is blank."""
     model = make(shape, levels, stride)
     C, H, W = shape
     g = torch.Generator().manual_seed(1)

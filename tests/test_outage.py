@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-
 from test_resume import REPO, TIMING_METRICS, tiny_args  # (tests/ is on sys.path under pytest)
 
 MLFLOW = Path(sys.executable).parent / "mlflow"

@@ -43,7 +43,7 @@ def postgres():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    run = lambda *c: subprocess.run(_as_postgres([str(bindir / c[0]), *c[1:]]), check=True,  # noqa: E731
+    run = lambda *c: subprocess.run(_as_postgres([str(bindir / c[0]), *c[1:]]), check=True,
                                     capture_output=True, timeout=120)
     run("initdb", "-D", str(data / "db"), "-U", "pixelexp", "--auth=trust")
     run("pg_ctl", "-D", str(data / "db"), "-l", str(data / "log"), "-w", "start",
@@ -102,7 +102,7 @@ def test_a_killed_worker_is_found_by_its_heartbeat_and_its_trial_retried(postgre
             try:
                 study = study or open_study(load_sweep(f, TINY), postgres)
                 running = study.get_trials(states=(States.RUNNING,))
-            except Exception:  # noqa: BLE001 - study not created yet
+            except Exception:
                 continue
             for t in running:  # killed once it has its parameters and its MLflow run (they come last)
                 if "pixelexp_worker" in t.user_attrs and "mlflow_run_id" in t.user_attrs:

@@ -65,21 +65,21 @@ def comparable(h: dict) -> dict:
     return {k: v for k, v in h.items() if k not in TIMING_METRICS}
 
 
-def final_state(folder: Path, run_id: str) -> dict:
+def final_state(folder: Path, run_id: str) -> checkpoint.Checkpoint:
     ckpt = checkpoint.load(checkpoint.CheckpointDir(folder / "runs" / run_id / "checkpoints").latest())
-    assert ckpt["final"]
+    assert ckpt.final
     return ckpt
 
 
-def assert_same_training(a: dict, b: dict) -> None:
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+def assert_same_training(a: checkpoint.Checkpoint, b: checkpoint.Checkpoint) -> None:
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    sa, sb = a.optimizer["state"], b.optimizer["state"]
     assert sa.keys() == sb.keys()
     for i in sa:
         for k in sa[i]:
             assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), (i, k)
-    assert a["scheduler"] == b["scheduler"]
+    assert a.scheduler == b.scheduler
 
 
 def started(p: subprocess.Popen, lines: list[str]) -> None:
@@ -173,7 +173,7 @@ def test_a_signal_writes_a_checkpoint_marks_killed_and_resume_is_exact(reference
     assert run.info.status == "KILLED"
     assert run.data.tags["pixelexp.killed_by"].startswith(f"{name} at epoch")
     ckpt = checkpoint.load(checkpoint.CheckpointDir(tmp_path / "runs" / run_id / "checkpoints").latest())
-    assert not ckpt["final"] and ckpt["train_state"]["step"] > 15  # after epoch 1 (15 batches)
+    assert not ckpt.final and ckpt.train_state["step"] > 15  # after epoch 1 (15 batches)
     rc, out = finish(launch(tmp_path, "resume", run_id))
     assert rc == 0, out
     check_like_reference(reference, tmp_path, run_id)
@@ -235,7 +235,7 @@ def test_nan_stop_fails_the_run_at_its_step_and_keeps_the_last_checkpoint(mnist1
     assert r.info.status == "FAILED" and r.data.tags["pixelexp.nan_step"] == "14"
     kept = checkpoint.CheckpointDir(Path("runs") / log.run_id / "checkpoints").files()
     assert [p.name for p in kept] == ["step-000000010.pt"]  # the end of epoch 1, untouched
-    assert checkpoint.load(kept[-1])["train_state"]["epoch"] == 2
+    assert checkpoint.load(kept[-1]).train_state["epoch"] == 2
     assert r.data.tags["pixelexp.last_checkpoint"].endswith("step-000000010.pt")
 
 
@@ -265,9 +265,9 @@ def test_checkpoints_every_minutes_within_an_epoch_and_only_the_newest_kept(mnis
     files = checkpoint.CheckpointDir(Path("runs") / log.run_id / "checkpoints").files()
     assert [p.name for p in files] == ["step-000000018.pt", "step-000000019.pt", "step-000000020.pt"]
     last = checkpoint.load(files[-1])
-    assert last["final"] and last["epoch"] == 2 and last["run_id"] == log.run_id
+    assert last.final and last.epoch == 2 and last.run_id == log.run_id
     mid = checkpoint.load(files[0])
-    assert mid["train_state"]["batch"] == 8 and mid["data_rng"] is not None
+    assert mid.train_state["batch"] == 8 and mid.data_rng is not None
 
 
 # ---------------------------------------------------------------- bad files
@@ -329,8 +329,8 @@ def test_resume_refuses_bad_checkpoints_with_one_line_and_writes_nothing(killed_
     latest.write_bytes(data)
     files = {p: p.read_bytes() for p in ckdir.iterdir()}
     ck = checkpoint.load(latest)
-    ck["run_id"] = "0" * 32
-    torch.save(ck, tmp_path / "other.pt")
+    ck.run_id = "0" * 32
+    torch.save(ck.to_dict(), tmp_path / "other.pt")
     refused(["resume", run_id, "--checkpoint", str(tmp_path / "other.pt")], ["checkpoint of run 0000", run_id])
     # (5) the run's config no longer matches the checkpoint's model
     cfg_file = Path("runs") / run_id / "config.yaml"

@@ -13,7 +13,6 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
-
 from test_outage import ROOT, Server  # (tests/ is on sys.path under pytest)
 from test_resume import REPO, tiny_args
 

@@ -112,7 +112,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(env, tmp_path):
                     s = load_sweep(f, TINY)
                     study = study or open_study(s, storage_url(s, 1))
                     ts = study.get_trials()
-                except Exception:  # noqa: BLE001 - the study may not exist yet
+                except Exception:
                     continue
                 # RUNNING in the study comes a moment before its MLflow run exists: wait for both
                 if any(t.state == States.RUNNING and t.number == 1 and "mlflow_run_id" in t.user_attrs

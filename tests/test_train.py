@@ -5,12 +5,15 @@ import math
 import pytest
 import torch
 
+from pixelexp import train
+from pixelexp.checkpoint import CheckpointDir
 from pixelexp.config import load_config
 from pixelexp.errors import CheckpointError
 from pixelexp.models import build_model
+from pixelexp.rundir import RunDir
 from pixelexp.sample import load_checkpoint
-from pixelexp import train
-from pixelexp.train import bits_per_dim, evaluate, run, save_checkpoint
+from pixelexp.tracking import Tracker
+from pixelexp.train import bits_per_dim, evaluate, run
 
 
 def test_bits_per_dim_is_nats_over_subpixels_times_ln2():
@@ -60,15 +63,20 @@ def test_same_seed_same_numbers(mnist10k):
     assert c.metrics["test_bpd"] != a.metrics["test_bpd"]
 
 
-def test_checkpoint_round_trip_and_bad_files(mnist10k, tmp_path):
+def trained(cfg, name: str):
+    """A tracked run of `cfg` -> (its RunResult, the newest checkpoint it wrote)."""
+    with Tracker("checkpoints").start_run(name) as log:
+        res = run(cfg, log, progress=False, echo=lambda *_: None)
+    return res, CheckpointDir(RunDir.of(log.run_id).checkpoints).latest()
+
+
+def test_checkpoint_round_trip_and_bad_files(mnist10k, tmp_path, tracking):
     cfg = quick_cfg(mnist10k, "train.epochs=1", "data.train_limit=50", "data.test_limit=20",
                     "model.hidden_dims=4", "model.recurrent_length=1")
-    res = run(cfg, progress=False, echo=lambda *_: None)
+    res, path = trained(cfg, "round trip")
     from pixelexp.data import load_data
-    opt = torch.optim.Adam(res.model.parameters())
-    path = save_checkpoint(tmp_path / "final.pt", res.model, opt, cfg, load_data(cfg.data), 1, res.metrics)
     model, cfg2, ckpt = load_checkpoint(path)
-    assert cfg2 == cfg and ckpt["epoch"] == 1
+    assert cfg2 == cfg and ckpt.epoch == 1
     x = load_data(cfg.data).test[:4].long()
     with torch.no_grad():
         assert torch.equal(model.log_prob(x), res.model.log_prob(x))
@@ -81,21 +89,19 @@ def test_checkpoint_round_trip_and_bad_files(mnist10k, tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
-def test_conditional_training_uses_labels_end_to_end(mnist10k, tmp_path):
+def test_conditional_training_uses_labels_end_to_end(mnist10k, tmp_path, tracking):
     cfg = quick_cfg(mnist10k, "train.epochs=1", "data.train_limit=100", "data.test_limit=40",
                     "model.name=gated_pixel_cnn", "model.conditional=true", "model.hidden_dims=8",
                     "model.recurrent_length=1", "track.sample_count=10")
-    res = run(cfg, progress=False, echo=lambda *_: None)
+    res, path = trained(cfg, "conditional")
     assert res.model.conditional and res.samples.shape == (10, 1, 28, 28)
     from pixelexp.data import load_data
     data = load_data(cfg.data)
     x, y = data.test[:8].long(), data.test_labels[:8]
     with torch.no_grad():  # the trained model's likelihood depends on the label it is given
         assert not torch.equal(res.model.log_prob(x, y), res.model.log_prob(x, (y + 1) % 10))
-    opt = torch.optim.Adam(res.model.parameters())
-    path = save_checkpoint(tmp_path / "c.pt", res.model, opt, cfg, data, 1, res.metrics)
     model, _, ckpt = load_checkpoint(path)
-    assert model.conditional and ckpt["num_classes"] == 10
+    assert model.conditional and ckpt.num_classes == 10
 
 
 def test_conditional_needs_a_conditional_model():
@@ -137,5 +143,5 @@ def test_the_best_checkpoint_is_the_chosen_epochs(mnist10k, tracking, monkeypatc
     test2 = [m.value for m in c.get_metric_history(run.info.run_id, "test_bpd") if m.step == 2][0]
     assert run.data.metrics["best_test_bpd"] == test2
     best = checkpoint.load(f"runs/{run.info.run_id}/checkpoints/best.pt")
-    assert best["epoch"] == 2 and best["metrics"]["epoch"] == 2
+    assert best.epoch == 2 and best.metrics["epoch"] == 2
     assert "checkpoints/best.pt" in [a.path for a in c.list_artifacts(run.info.run_id, "checkpoints")]

@@ -12,20 +12,23 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pixelexp.config import DataConfig
 from pixelexp.data.cifar import load_cifar10
 from pixelexp.data.fashion_mnist import load_fashion_mnist
 from pixelexp.data.mnist import load_mnist
 from pixelexp.data.npz import load_folder, load_imagenet
 from pixelexp.data.source import RawData
 from pixelexp.errors import DataError
+
+if TYPE_CHECKING:  # settings are read here, owned by pixelexp.config (which lists the datasets)
+    from pixelexp.config import DataConfig
 
 # name -> loader(root, explicit): `explicit` says data.root was set in the config, so the
 # loader may look in root itself rather than only in its own subfolder.
@@ -139,7 +142,7 @@ def load_data(cfg: DataConfig) -> DataSplits:
     test_n = len(raw.test_images) if cfg.test_limit is None else min(cfg.test_limit, len(raw.test_images))
     test = quantize(raw.test_images, cfg, 1)[:test_n]  # binarized whole: independent of test_limit
     train = train_all[train_idx]
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
     return DataSplits(
         train=t(train), val=t(val), test=t(test),
         train_labels=t(raw.train_labels[train_idx].astype(np.int64)),

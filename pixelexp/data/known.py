@@ -3,7 +3,7 @@ train-labels file, so that `data.name=fashion_mnist` pointed at MNIST's files (s
 names, same format) stops instead of training on digits tagged as Fashion-MNIST.
 
 Each set is known by the MD5s of its train-labels file: the official `.gz` (as
-torchvision's source lists them) and, where we could compute it, the decompressed IDX
+torchvision's source lists them) and, where known, the decompressed IDX
 file (what `gunzip` or torchvision's MNIST/raw/ layout leaves, and what any repacked
 `.gz`, such as Debian's, decompresses to). A plain file is also known by the `.gz` beside
 it, when there is one. Files that match nothing here are custom data and are accepted.

@@ -107,7 +107,7 @@ def from_torchvision(root: Path) -> RawData | None:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             MNIST(str(root), train=True, download=True)
             MNIST(str(root), train=False, download=True)
-    except Exception:  # no network, mirror down, ...: try the next source
+    except Exception:  # noqa: BLE001 - no network, mirror down, ...: try the next source
         return None
     data = from_idx_folder(root)
     return data and data._replace(source="mnist" if data.source.startswith("mnist") else data.source)

@@ -10,8 +10,8 @@
 - the .npz batches of Chrabaszcz, Loshchilov & Hutter (2017, "A Downsampled Variant of
   ImageNet", box resize): `train_data_batch_1.npz` .. `train_data_batch_10.npz` and
   `val_data.npz` in that folder or any folder below it, each with "data" (N, 3*S*S)
-  uint8 (R, G, B planes) and "labels" (1..1000). Source name `imagenet32` (or 64), as
-  before the PNG layout was read: runs tagged so before are this variant too.
+  uint8 (R, G, B planes) and "labels" (1..1000). Source name `imagenet32` (or 64): every run
+  tagged so, by any pixelexp version, trained on this variant.
 
 When both are there the PNG folders win, being the papers' own data; point data.root at
 a folder with only the .npz batches to train on those. Either way the validation set

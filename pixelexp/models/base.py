@@ -72,7 +72,7 @@ class Draws:
         self.u, self.k = u, 0
 
     @classmethod
-    def of(cls, generator: "torch.Generator | Draws | None", steps: int, n: int, device) -> "Draws":
+    def of(cls, generator: torch.Generator | Draws | None, steps: int, n: int, device) -> Draws:
         if isinstance(generator, Draws):  # the caller's: a graph's static numbers, or a shared run
             return generator
         return cls(torch.rand(steps, n, generator=generator, device=device))
@@ -165,7 +165,7 @@ class AutoregressiveModel(nn.Module):
         """How many draws one sampled image needs at most (one per subpixel)."""
         return math.prod(self.image_shape)
 
-    def _draw(self, logits: torch.Tensor, draws: "Draws") -> torch.Tensor:
+    def _draw(self, logits: torch.Tensor, draws: Draws) -> torch.Tensor:
         """One value per row of `logits` ((n,) Bernoulli or (n, L) categorical), by
         inverting the CDF at the next uniform numbers of `draws`."""
         u = draws.next()  # (n,)
@@ -174,14 +174,14 @@ class AutoregressiveModel(nn.Module):
         cdf = logits.float().softmax(-1).cumsum(-1)  # (n, L)
         return (cdf < u[:, None]).sum(-1).clamp_max(self.levels - 1)
 
-    def _draw_channel(self, logits: torch.Tensor, c: int, draws: "Draws") -> torch.Tensor:
+    def _draw_channel(self, logits: torch.Tensor, c: int, draws: Draws) -> torch.Tensor:
         """The head's output at one position, (n, C) or (n, C*L) -> a value of channel c, (n,)."""
         if self.levels > 2:
             logits = logits.view(len(logits), -1, self.levels)
         return self._draw(logits[:, c], draws)
 
     @contextlib.contextmanager
-    def sampling(self, generator: "torch.Generator | Draws | None", n: int, device):
+    def sampling(self, generator: torch.Generator | Draws | None, n: int, device):
         """A sampler's run: eval mode inside (the previous mode restored after), autocast
         off (samplers keep their maps in the parameters' dtype), and the run's Draws (every
         sampler's random numbers, drawn up front)."""
@@ -194,30 +194,18 @@ class AutoregressiveModel(nn.Module):
             self.train(was_training)
 
     @torch.no_grad()
-    def naive_sample(self, n: int | None = None, generator: torch.Generator | None = None,
-                     device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The reference sampler: the whole image through the whole model for every
-        subpixel, in `generation_order`. What the fast samplers are tested and timed against."""
-        C, H, W = self.image_shape
-        device = device or next(self.parameters()).device
-        n = len(labels) if n is None and labels is not None else n
-        labels = None if labels is None else labels.to(device).long()
-        self._check_labels(labels, n)
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-        with self.sampling(generator, n, device) as draws:
-            for c, i, j in self.generation_order():
-                logits = self.logits(x, labels)
-                x[:, c, i, j] = self._draw(logits[:, c, ..., i, j], draws)
-        return x
+    def naive_sample(self, n: int | None = None, generator: torch.Generator | Draws | None = None,
+                     device: torch.device | str | None = None, labels: torch.Tensor | None = None,
+                     *, band: bool = False, steps: int | None = None) -> torch.Tensor:
+        """The reference sampler: for every subpixel, in `generation_order`, the model on the
+        whole image and one draw from its logits there -> LongTensor (n, C, H, W); a
+        conditional model draws one image per label (n defaults to len(labels)). What the
+        fast samplers are tested and timed against.
 
-    @torch.no_grad()
-    def sample(self, n: int | None = None, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Draw n images subpixel by subpixel -> LongTensor (n, C, H, W); a conditional
-        model draws one image per label (n defaults to len(labels)).
-
-        Row i's logits depend only on rows <= i (and on at most `rows_above` of them),
-        so each step runs the model on that band of rows, not on the whole image.
+        band: run the model only on the rows that reach row i's logits (`rows_reaching`).
+            Where the order is raster that gives the same logits, as the rows below i are
+            not drawn yet and never reach row i; any other order runs on the whole image.
+        steps: stop after the first `steps` subpixels (the benchmark times a few rows).
         """
         C, H, W = self.image_shape
         device = device or next(self.parameters()).device
@@ -227,12 +215,29 @@ class AutoregressiveModel(nn.Module):
         if n is None:
             raise ValueError("sample needs n (or labels, for a conditional model)")
         self._check_labels(labels, n)
+        order = self.generation_order()
+        band = band and order == AutoregressiveModel.generation_order(self)  # raster only
         x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
         with self.sampling(generator, n, device) as draws:
-            for i in range(H):
-                top = 0 if self.rows_above is None else max(0, i - self.rows_above)
-                for j in range(W):
-                    for c in range(C):
-                        logits = self.logits(x[:, :, top:i + 1], labels)  # rows top..i only
-                        x[:, c, i, j] = self._draw(logits[:, c, ..., -1, j], draws)
+            for c, i, j in order[:steps]:
+                rows = self.rows_reaching(i) if band else slice(0, H)
+                logits = self.logits(x[:, :, rows], labels)  # (n, C, rows, W) or (n, C, L, rows, W)
+                x[:, c, i, j] = self._draw(logits[:, c, ..., i - rows.start, j], draws)
         return x
+
+    def rows_reaching(self, i: int) -> slice:
+        """The rows that can reach row i's logits in raster order: the `rows_above` rows
+        above it (all of them without `rows_above`) and row i itself."""
+        return slice(0 if self.rows_above is None else max(0, i - self.rows_above), i + 1)
+
+    @torch.no_grad()
+    def sample(self, n: int | None = None, generator: torch.Generator | Draws | None = None,
+               device: torch.device | str | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw n images subpixel by subpixel -> LongTensor (n, C, H, W); a conditional
+        model draws one image per label (n defaults to len(labels)).
+
+        The models' cached samplers override it. Here it is the reference sampler run on
+        the band of rows that reaches each row (`naive_sample` with `band`): row i's logits
+        depend only on rows <= i, and on at most `rows_above` of them.
+        """
+        return self.naive_sample(n, generator, device, labels, band=True)

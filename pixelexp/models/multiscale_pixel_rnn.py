@@ -41,7 +41,7 @@ F.conv_transpose2d with the weight reshaped, plus a bias per offset where a tran
 conv has one per channel; tested). So the S*S positions of a block each get their own
 conditioning, and the network is told which offset it predicts (the per-offset bias
 tells it even where the block's features are all zero), where nearest-neighbour
-upsampling gave them all one vector. The whole small image is known before any other
+upsampling would give them all one vector. The whole small image is known before any other
 pixel is drawn, so neither convolution is masked: the conditioning depends on the small
 image only, and p(rest | s) stays causal.
 """

@@ -30,6 +30,8 @@ triangle above it with a blind spot to its upper right (Gated PixelCNN removes i
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from pixelexp.models.base import AutoregressiveModel, OutputHead, run_layers
 from pixelexp.models.rowwise import sample_rowwise
 from pixelexp.nn.masked import MaskedConv2d, conv_rows
+from pixelexp.nn.row_cache import RowCache
 
 
 class PixelCNN(AutoregressiveModel):
@@ -116,37 +119,53 @@ class MaskedConvBlock(nn.Module):
     # done. A subpixel's value only changes later positions, so once the last channel of
     # (i, j) is drawn the kept values at (i, j) are final.
 
-    def new_cache(self, n: int, width: int, like: torch.Tensor) -> dict:
+    def new_cache(self, n: int, width: int, like: torch.Tensor) -> MaskedConvBlockCache:
         h = self.conv.out_channels
-        rc = torch.cat([like.new_zeros(n, h), like.new_ones(n, 1)], 1)  # [relu(3x3 out) | 1] at o
-        return {
-            "x_row": like.new_zeros(n, width, 2 * h), "pad": 0,  # x along row i: the layer below writes it
-            "rx": like.new_zeros(n, 2 * h), "a": like.new_zeros(n, h), "c": like.new_zeros(n, h), "rc": rc,  # at o
-            "u_row": like.new_zeros(n, 1 + width, h),  # u of row i, one zero column on the left
-            "prev": like.new_zeros(n, 1, width + 2, h),  # u of row i-1, zero columns each side
-            "w_reduce": self.reduce.matrix().T, "b_reduce": self.reduce.bias,  # (2h, h), (h,)
-            "w_cur": self.conv.centre_row(), "w_above": self.conv.rows_above(),  # (2h, h), (h, h, 1, 3)
-            "w_expand": torch.cat([self.expand.matrix().T, self.expand.bias[None]]),  # (h + 1, 2h): [W ; bias]
-        }
+        z = lambda *s: like.new_zeros(*s)
+        return MaskedConvBlockCache(
+            x_row=z(n, width, 2 * h), pad=0, rx=z(n, 2 * h), a=z(n, h), c=z(n, h),
+            rc=torch.cat([z(n, h), like.new_ones(n, 1)], 1), u_row=z(n, 1 + width, h), prev=z(n, 1, width + 2, h),
+            w_reduce=self.reduce.matrix().T, b_reduce=self.reduce.bias,
+            w_cur=self.conv.centre_row(), w_above=self.conv.rows_above(),
+            w_expand=torch.cat([self.expand.matrix().T, self.expand.bias[None]]))
 
-    def start_row(self, cache: dict, cond_row=None) -> None:
+    def start_row(self, cache: MaskedConvBlockCache, cond_row: torch.Tensor | None = None) -> None:
         """The 3x3 layer's rows-above part and bias at every position of the row: (W, n, h)."""
-        cache["above"] = conv_rows(cache["prev"], cache["w_above"], self.conv.bias)
+        cache.above = conv_rows(cache.prev, cache.w_above, self.conv.bias)
 
-    def step(self, cache: dict, j: int, dest: torch.Tensor) -> None:
+    def step(self, cache: MaskedConvBlockCache, j: int, dest: torch.Tensor) -> None:
         """The block at (i, j) from its input at column j of the kept row -> `dest` (n, 2h)."""
-        h, x, u_row, rc = self.conv.out_channels, cache["x_row"][:, j], cache["u_row"], cache["rc"]
-        torch.clamp(x, min=0, out=cache["rx"])  # relu(x)  (n, 2h)
-        torch.addmm(cache["b_reduce"], cache["rx"], cache["w_reduce"], out=cache["a"])  # 1x1: (n, h)
-        torch.clamp(cache["a"], min=0, out=u_row[:, j + 1])  # u at o, kept along the row
+        h, x, u_row, rc = self.conv.out_channels, cache.x_row[:, j], cache.u_row, cache.rc
+        torch.clamp(x, min=0, out=cache.rx)  # relu(x)  (n, 2h)
+        torch.addmm(cache.b_reduce, cache.rx, cache.w_reduce, out=cache.a)  # 1x1: (n, h)
+        torch.clamp(cache.a, min=0, out=u_row[:, j + 1])  # u at o, kept along the row
         # (n, 2 positions (j-1, j) x h) @ (2h, h): row i's part of the 3x3 kernel, + rows above and bias
-        torch.addmm(cache["above"][j], u_row[:, j: j + 2].flatten(1), cache["w_cur"], out=cache["c"])
-        torch.clamp(cache["c"], min=0, out=rc[:, :h])  # [relu(c) | 1]
+        torch.addmm(cache.above[j], u_row[:, j: j + 2].flatten(1), cache.w_cur, out=cache.c)
+        torch.clamp(cache.c, min=0, out=rc[:, :h])  # [relu(c) | 1]
         if self.use_residual:  # 1x1 back to 2h, + its bias, + x
-            torch.addmm(x, rc, cache["w_expand"], out=dest)
+            torch.addmm(x, rc, cache.w_expand, out=dest)
         else:
-            torch.mm(rc, cache["w_expand"], out=dest)
+            torch.mm(rc, cache.w_expand, out=dest)
 
-    def finish_row(self, cache: dict, cond_row=None) -> None:
+    def finish_row(self, cache: MaskedConvBlockCache, cond_row: torch.Tensor | None = None) -> None:
         """This row's u becomes the row above."""
-        cache["prev"][:, 0, 1:-1] = cache["u_row"][:, 1:]
+        cache.prev[:, 0, 1:-1] = cache.u_row[:, 1:]
+
+
+@dataclass(slots=True)
+class MaskedConvBlockCache(RowCache):
+    """A MaskedConvBlock's sampling state (`RowCached`): x_row (n, W, 2h), no padding;
+    u = relu(reduce(relu(x))), the 3x3 layer's input."""
+
+    rx: torch.Tensor  # (n, 2h): relu(x) at o
+    a: torch.Tensor  # (n, h): reduce(relu(x)) at o
+    c: torch.Tensor  # (n, h): the 3x3 layer's output at o
+    rc: torch.Tensor  # (n, h + 1): [relu(c) | 1] at o
+    u_row: torch.Tensor  # (n, 1 + W, h): u of row i, one zero column on the left
+    prev: torch.Tensor  # (n, 1, W + 2, h): u of row i-1, one zero column each side
+    w_reduce: torch.Tensor  # (2h, h)
+    b_reduce: torch.Tensor  # (h,)
+    w_cur: torch.Tensor  # (2h, h): the 3x3 kernel's centre row, columns j-1, j
+    w_above: torch.Tensor  # (h, h, 1, 3): its row above
+    w_expand: torch.Tensor  # (h + 1, 2h): [W ; bias] of the 1x1 back to 2h
+    above: torch.Tensor = field(init=False)  # (W, n, h): the rows-above part and bias (start_row)

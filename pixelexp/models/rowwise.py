@@ -1,6 +1,7 @@
 """Row-state sampling for the models whose stack is a 7x7 mask-A input layer, layers that
 keep their inputs and states along and above the current row, and the 1x1 output head:
-the PixelRNNs (Row LSTM, Diagonal BiLSTM) and PixelCNN.
+the PixelRNNs (Row LSTM, Diagonal BiLSTM) and PixelCNN. Each layer follows the row
+protocol `pixelexp.nn.row_cache.RowCached` with a cache of its own.
 
 Per row, what depends only on finished rows is computed at once for every position of
 the row: the input layer's part from the rows above (one convolution) and each layer's
@@ -9,7 +10,7 @@ its own position only (`layer.step`: six small operations for a PixelCNN block, 
 ten for an LSTM, each writing its output into the next layer's kept row), and once a row
 is drawn each layer closes it (`layer.finish_row`: the Diagonal BiLSTM's right-to-left
 scan; the others keep the row as the row above). A layer keeps its inputs along the row
-in cache["x_row"] (n, pad + W, channels), pad zero columns on the left.
+in cache.x_row (n, pad + W, channels), pad zero columns on the left.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from __future__ import annotations
 import torch
 
 from pixelexp.nn.masked import conv_rows
+from pixelexp.nn.row_cache import RowCache, RowCached
+
+Stack = list[tuple[RowCached, RowCache]]  # each layer with its cache, bottom to top
 
 
 def sample_rowwise(model, n: int, device, generator, given: torch.Tensor | None = None,
@@ -32,7 +36,8 @@ def sample_rowwise(model, n: int, device, generator, given: torch.Tensor | None 
     if given is not None:  # the known pixels are read from here; the rest is overwritten before it is read
         img[:, k:, k: k + W] = model.scale(given).permute(0, 2, 3, 1)
     known = [[False] * W] * H if known is None else known.tolist()  # Python bools: no tensor ops per subpixel
-    caches = [layer.new_cache(n, W, like) for layer in model.layers]
+    stack: Stack = [(layer, layer.new_cache(n, W, like)) for layer in model.layers]
+    first = stack[0][1] if stack else None  # the input layer writes into the first layer's row
     feats = like.new_zeros(n, model.input.out_channels)  # the last layer's output at (i, j) (no layers: the input's)
     w_above, w_cur = model.input.rows_above(), model.input.centre_row()  # the 7x7 layer: rows i-k..i-1, row i
     head = model.head.matrices()
@@ -41,31 +46,26 @@ def sample_rowwise(model, n: int, device, generator, given: torch.Tensor | None 
             # the 7x7 layer's part from the rows above, at every position of row i: (W, n, 2h)
             above = conv_rows(img[:, i: i + k], w_above, model.input.bias)
             cond_row = None if cond is None else cond[:, :, i]  # (n, K, W)
-            for layer, cache in zip(model.layers, caches):
+            for layer, cache in stack:
                 layer.start_row(cache, cond_row)
             for j in range(W):
                 for c in range(1 if known[i][j] else C):  # a known pixel: just its states
                     torch.addmm(above[j], img[:, i + k, j: j + k + 1].flatten(1), w_cur,
-                                out=_input_at(caches[0], j) if caches else feats)  # the input layer at (i, j)
-                    logits = _at(model, caches, feats, head, j)  # (n, C) or (n, C*L)
+                                out=feats if first is None else first.input_at(j))  # the input layer at (i, j)
+                    logits = _at(model, stack, feats, head, j)  # (n, C) or (n, C*L)
                     if not known[i][j]:
                         v = model._draw_channel(logits, c, draws)  # (n,) ints
                         img[:, i + k, j + k, c] = model.scaled_draw(v)
-            for layer, cache in zip(model.layers, caches):
+            for layer, cache in stack:
                 layer.finish_row(cache, cond_row)
     return model.unscale(img[:, k:, k: k + W].permute(0, 3, 1, 2)).contiguous()  # (n, C, H, W) ints
 
 
-def _input_at(cache: dict, j: int) -> torch.Tensor:
-    """Where a layer's input at column j is kept: (n, channels)."""
-    return cache["x_row"][:, j + cache["pad"]]
-
-
-def _at(model, caches, feats, head, j: int) -> torch.Tensor:
+def _at(model, stack: Stack, feats: torch.Tensor, head, j: int) -> torch.Tensor:
     """Every layer at column j of the current row, from the input layer's output kept in
-    the first layer's row -> the head's logits there."""
-    dests = [_input_at(cache, j) for cache in caches[1:]] + [feats]
-    for layer, cache, dest in zip(model.layers, caches, dests):
+    the first layer's row -> the head's logits there: (n, C) or (n, C*L)."""
+    dests = [cache.input_at(j) for _, cache in stack[1:]] + [feats]  # each layer's output: (n, k)
+    for (layer, cache), dest in zip(stack, dests):
         layer.step(cache, j, dest)
-    x = torch.stack(dests).sum(0) if model.use_skip and caches else feats  # skip: the sum of all layers' outputs
+    x = torch.stack(dests).sum(0) if model.use_skip and stack else feats  # skip: the sum of all layers' outputs
     return model.head.at(x, head)

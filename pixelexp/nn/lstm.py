@@ -19,13 +19,16 @@ is shifted down one row before it is added: row i then only hears from rows < i.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pixelexp.nn import triton_scan
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.plain import diagonal_bilstm_plain
-from pixelexp.nn import triton_scan
+from pixelexp.nn.row_cache import RowCache
 from pixelexp.nn.scan import EAGER, diagonal_indices, diagonal_scan, gather_rows
 
 
@@ -141,61 +144,75 @@ class DiagonalBiLSTM(nn.Module):
     # biases, the conditioning) is computed once per row (`start_row`), so a position costs
     # ten small operations (`step`), each writing where the next one reads.
 
-    def new_cache(self, n: int, width: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = lambda *s: like.new_zeros(*s)  # noqa: E731
+    def new_cache(self, n: int, width: int, like: torch.Tensor) -> DiagonalBiLSTMCache:
+        z = lambda *s: like.new_zeros(*s)
         hd, k = self.hidden, self.output.out_channels
         conv, out = self.input_to_state, self.output
         w_in = conv.matrix()  # (8h, k): left-to-right gates, then right-to-left
-        return {
-            # state rows: column j+1 holds position j (column 0: the zeros left of the row)
-            "fw_row": z(n, width + 1, hd), "c_row": z(n, width + 1, hd),
-            "bw_above": z(n, width, hd),  # the previous row's right-to-left states (left-to-right: fw_row until start_row)
-            "x_row": z(n, width, k), "pad": 0,  # this layer's inputs along the row (written by the layer below)
-            "w_ltr": w_in[: 4 * hd].T, "w_rtl": w_in[4 * hd:].T, "b": conv.bias,  # (k, 4h), (8h,)
-            "w_out": out.matrix().T, "b_out": out.bias,  # (h, k), (k,)
-        }
+        return DiagonalBiLSTMCache(
+            x_row=z(n, width, k), pad=0, fw_row=z(n, width + 1, hd), c_row=z(n, width + 1, hd),
+            bw_above=z(n, width, hd), w_ltr=w_in[: 4 * hd].T, w_rtl=w_in[4 * hd:].T, b=conv.bias,
+            w_out=out.matrix().T, b_out=out.bias)
 
-    def start_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
+    def start_row(self, cache: DiagonalBiLSTMCache, cond_row: torch.Tensor | None = None) -> None:
         """Per position of the new row: the left-to-right gates' part from the row above,
         the bias [and the conditioning (n, K, W)] (n, W, 4h), and the output's part from
         the right-to-left state of the row above (the down-shift) and its bias (n, W, k)."""
         hd = self.hidden
         w_above = self.state_to_state[0, :hd]  # (h, 4h)
-        a = torch.matmul(cache["fw_row"][:, 1:], w_above) + cache["b"][: 4 * hd]  # still the row above
+        a = torch.matmul(cache.fw_row[:, 1:], w_above) + cache.b[: 4 * hd]  # still the row above
         if cond_row is not None:
             a = a + torch.einsum("gk,nkw->nwg", self.cond_to_state[: 4 * hd], cond_row)
-        cache["above"] = a
-        cache["below"] = torch.matmul(cache["bw_above"], cache["w_out"]) + cache["b_out"]
+        cache.above = a
+        cache.below = torch.matmul(cache.bw_above, cache.w_out) + cache.b_out
 
-    def step(self, cache: dict, j: int, dest: torch.Tensor) -> None:
-        """The layer at (i, j) from its input cache["x_row"][:, j]: its left-to-right state
+    def step(self, cache: DiagonalBiLSTMCache, j: int, dest: torch.Tensor) -> None:
+        """The layer at (i, j) from its input cache.x_row[:, j]: its left-to-right state
         goes to column j+1 of the state rows, its output (n, k) into `dest` (the next
         layer's input, or the stack's output). Run again for each channel of an RGB
         pixel, it rewrites the same places."""
         hd = self.hidden
-        x = cache["x_row"][:, j]  # (n, k)
-        g = torch.addmm(cache["above"][:, j], x, cache["w_ltr"])  # (n, 4h)
-        g.addmm_(cache["fw_row"][:, j], self.state_to_state[0, hd:])  # the state to the left
-        lstm_cell_into(g, cache["c_row"][:, j], cache["c_row"][:, j + 1], cache["fw_row"][:, j + 1])
-        y = torch.addmm(cache["below"][:, j], cache["fw_row"][:, j + 1], cache["w_out"])  # 1x1 output conv
+        x = cache.x_row[:, j]  # (n, k)
+        g = torch.addmm(cache.above[:, j], x, cache.w_ltr)  # (n, 4h)
+        g.addmm_(cache.fw_row[:, j], self.state_to_state[0, hd:])  # the state to the left
+        lstm_cell_into(g, cache.c_row[:, j], cache.c_row[:, j + 1], cache.fw_row[:, j + 1])
+        y = torch.addmm(cache.below[:, j], cache.fw_row[:, j + 1], cache.w_out)  # 1x1 output conv
         if self.use_residual:
             torch.add(x, y, out=dest)
         else:
             dest.copy_(y)
 
-    def finish_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
+    def finish_row(self, cache: DiagonalBiLSTMCache, cond_row: torch.Tensor | None = None) -> None:
         """Run the right-to-left direction over the finished row [with its conditioning
         (n, K, W)]; move to the next row."""
         hd = self.hidden
         w_above, w_left = self.state_to_state[1].split(hd, dim=0)
-        g = torch.matmul(cache["x_row"], cache["w_rtl"]) + cache["b"][4 * hd:]  # (n, W, 4h)
-        g = torch.baddbmm(g, cache["bw_above"], w_above.expand(len(g), -1, -1))
+        g = torch.matmul(cache.x_row, cache.w_rtl) + cache.b[4 * hd:]  # (n, W, 4h)
+        g = torch.baddbmm(g, cache.bw_above, w_above.expand(len(g), -1, -1))
         if cond_row is not None:
             g = g + torch.einsum("gk,nkw->nwg", self.cond_to_state[4 * hd:], cond_row)
-        row = torch.zeros_like(cache["bw_above"])  # (n, W, h)
+        row = torch.zeros_like(cache.bw_above)  # (n, W, h)
         c, c_next = g.new_zeros(len(g), hd), g.new_empty(len(g), hd)
         h = g.new_zeros(len(g), hd)
         for j in reversed(range(row.shape[1])):
             lstm_cell_into(torch.addmm(g[:, j], h, w_left), c, c_next, row[:, j])
             h, c, c_next = row[:, j], c_next, c
-        cache["bw_above"] = row
+        cache.bw_above = row
+
+
+@dataclass(slots=True)
+class DiagonalBiLSTMCache(RowCache):
+    """A DiagonalBiLSTM's sampling state (`RowCached`); x_row (n, W, k) has no padding.
+
+    The state rows' column j+1 holds position j (column 0: the zeros left of the row)."""
+
+    fw_row: torch.Tensor  # (n, W+1, h): left-to-right states of the row (the row above until start_row)
+    c_row: torch.Tensor  # (n, W+1, h): their cells
+    bw_above: torch.Tensor  # (n, W, h): the row above's right-to-left states
+    w_ltr: torch.Tensor  # (k, 4h): input-to-state, left-to-right
+    w_rtl: torch.Tensor  # (k, 4h): input-to-state, right-to-left
+    b: torch.Tensor  # (8h,): the gates' biases, both directions
+    w_out: torch.Tensor  # (h, k): the 1x1 output convolution
+    b_out: torch.Tensor  # (k,)
+    above: torch.Tensor = field(init=False)  # (n, W, 4h): gates from the row above and bias (start_row)
+    below: torch.Tensor = field(init=False)  # (n, W, k): output from the down-shifted right-to-left states

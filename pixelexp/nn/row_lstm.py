@@ -14,6 +14,8 @@ a triangle above the pixel.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from pixelexp.nn.lstm import lstm_cell, lstm_cell_into
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.plain import row_lstm_plain
+from pixelexp.nn.row_cache import RowCache
 
 
 class RowLSTM(nn.Module):
@@ -84,41 +87,53 @@ class RowLSTM(nn.Module):
     # kernel is masked) and the previous row's states at j-1..j+1: their part is one
     # convolution per row (`start_row`), so a position costs nine small operations.
 
-    def new_cache(self, n: int, width: int, like: torch.Tensor) -> dict:
-        z = lambda *s: like.new_zeros(*s)  # noqa: E731
+    def new_cache(self, n: int, width: int, like: torch.Tensor) -> RowLSTMCache:
+        z = lambda *s: like.new_zeros(*s)
         hd, k = self.hidden, self.output.out_channels
         conv, out = self.input_to_state, self.output
         p = conv.kernel_size[1] // 2
-        return {
-            "x_row": z(n, p + width, k), "pad": p,  # this layer's inputs along the row, p zeros on the left
-            "h_row": z(n, width, hd), "c_row": z(n, width, hd),  # states of this row
-            "h_prev": z(n, width, hd), "c_prev": z(n, width, hd),  # and of the row above
-            "w_in": conv.centre_row(), "b": conv.bias,  # ((p+1) k, 4h): columns j-p..j, (4h,)
-            "w_out": out.matrix().T, "b_out": out.bias,  # (h, k), (k,)
-        }
+        return RowLSTMCache(
+            x_row=z(n, p + width, k), pad=p, h_row=z(n, width, hd), c_row=z(n, width, hd),
+            h_prev=z(n, width, hd), c_prev=z(n, width, hd), w_in=conv.centre_row(), b=conv.bias,
+            w_out=out.matrix().T, b_out=out.bias)
 
-    def start_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
+    def start_row(self, cache: RowLSTMCache, cond_row: torch.Tensor | None = None) -> None:
         """The gates' part from the row above (its k x 1 state convolution) and the bias,
         at every position of the new row: (n, W, 4h)."""
         w = self.state_to_state.weight  # (4h, h, k)
-        a = F.conv1d(cache["h_prev"].transpose(1, 2), w, padding=w.shape[-1] // 2).transpose(1, 2)
-        cache["above"] = (a + cache["b"]).contiguous()
+        a = F.conv1d(cache.h_prev.transpose(1, 2), w, padding=w.shape[-1] // 2).transpose(1, 2)
+        cache.above = (a + cache.b).contiguous()
 
-    def step(self, cache: dict, j: int, dest: torch.Tensor) -> None:
+    def step(self, cache: RowLSTMCache, j: int, dest: torch.Tensor) -> None:
         """The layer at (i, j): its states go to column j of the row's states, its output
         (n, k) into `dest` (the next layer's input, or the stack's output)."""
-        p = cache["pad"]
-        window = cache["x_row"][:, j: j + p + 1].flatten(1)  # (n, (p+1) k): columns j-p..j
-        g = torch.addmm(cache["above"][:, j], window, cache["w_in"])  # (n, 4h)
-        lstm_cell_into(g, cache["c_prev"][:, j], cache["c_row"][:, j], cache["h_row"][:, j])
-        y = torch.addmm(cache["b_out"], cache["h_row"][:, j], cache["w_out"])  # the 1x1 output conv
+        p = cache.pad
+        window = cache.x_row[:, j: j + p + 1].flatten(1)  # (n, (p+1) k): columns j-p..j
+        g = torch.addmm(cache.above[:, j], window, cache.w_in)  # (n, 4h)
+        lstm_cell_into(g, cache.c_prev[:, j], cache.c_row[:, j], cache.h_row[:, j])
+        y = torch.addmm(cache.b_out, cache.h_row[:, j], cache.w_out)  # the 1x1 output conv
         if self.use_residual:
-            torch.add(cache["x_row"][:, j + p], y, out=dest)
+            torch.add(cache.x_row[:, j + p], y, out=dest)
         else:
             dest.copy_(y)
 
-    def finish_row(self, cache: dict, cond_row: torch.Tensor | None = None) -> None:
+    def finish_row(self, cache: RowLSTMCache, cond_row: torch.Tensor | None = None) -> None:
         """This row's states become the row above."""
-        cache["h_prev"], cache["h_row"] = cache["h_row"], cache["h_prev"]
-        cache["c_prev"], cache["c_row"] = cache["c_row"], cache["c_prev"]
+        cache.h_prev, cache.h_row = cache.h_row, cache.h_prev
+        cache.c_prev, cache.c_row = cache.c_row, cache.c_prev
 
+
+@dataclass(slots=True)
+class RowLSTMCache(RowCache):
+    """A RowLSTM's sampling state (`RowCached`); x_row (n, p + W, k) has p = kernel // 2
+    zero columns on the left, the masked input kernel's reach."""
+
+    h_row: torch.Tensor  # (n, W, h): states of the current row
+    c_row: torch.Tensor  # (n, W, h): their cells
+    h_prev: torch.Tensor  # (n, W, h): states of the row above
+    c_prev: torch.Tensor  # (n, W, h): their cells
+    w_in: torch.Tensor  # ((p+1) k, 4h): the input kernel's columns j-p..j
+    b: torch.Tensor  # (4h,): the gates' biases
+    w_out: torch.Tensor  # (h, k): the 1x1 output convolution
+    b_out: torch.Tensor  # (k,)
+    above: torch.Tensor = field(init=False)  # (n, W, 4h): gates from the row above and bias (start_row)

@@ -232,4 +232,5 @@ def diagonal_scan(x_gates: torch.Tensor, w_state: torch.Tensor, H: int, kernels=
     return DiagonalScan.apply(x_gates, w_state, H, kernels)
 
 
-__all__ = ["diagonal_scan", "state_weight_grad", "diagonal_indices", "gather_rows", "DiagonalScan", "cell_forward", "cell_backward", "EAGER"]
+__all__ = ["diagonal_scan", "state_weight_grad", "diagonal_indices", "gather_rows", "DiagonalScan", "cell_forward",
+           "cell_backward", "EAGER"]
