@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	@echo "installing pixelexp and its dependencies into $(VENV) (first time: a few minutes)"
 	@set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | \
 	  { grep -v "^WARNING: Location" || true; }
-	@$(PY) -c "import pixelexp.tracking, pixelexp.models" && touch $(STAMP)
+	@$(PY) -c "import pixelexp.runs.tracking, pixelexp.models" && touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project (done by every target when needed)
 

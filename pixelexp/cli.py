@@ -148,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
-        from pixelexp.signals import graceful_stop
+        from pixelexp.engine.signals import graceful_stop
         with graceful_stop() if args.command in TRAINS else contextlib.nullcontext():
             try:
                 args.func(args)
             finally:
-                from pixelexp.distributed import teardown
+                from pixelexp.engine.distributed import teardown
                 teardown()
     except UserError as e:
         return fail(e)
@@ -193,16 +193,16 @@ def _listed(text: str | None, allowed: dict, flag: str) -> tuple | None:
 
 def cmd_train(args) -> None:
     """Train one config in a new MLflow run (under torchrun, only rank 0 tracks)."""
-    from pixelexp import tracking
     from pixelexp.config import check_name, load_config
-    from pixelexp.train import preflight, run
+    from pixelexp.runs import tracking
+    from pixelexp.runs.train import preflight, run
 
     check_name(args.experiment, "experiment name", "train --experiment")
     cfg = load_config(args.config, args.overrides)
     preflight(cfg)  # before the MLflow run and its folder exist
-    from pixelexp.signals import check
+    from pixelexp.engine.signals import check
     check("during start-up; nothing was written")
-    from pixelexp.distributed import setup as setup_distributed
+    from pixelexp.engine.distributed import setup as setup_distributed
     if not setup_distributed().main:
         run(cfg, None, label=cfg.model.name, progress=False)
         return
@@ -216,14 +216,14 @@ def cmd_train(args) -> None:
 
 def cmd_experiment(args) -> None:
     """Run every variant of an experiment file."""
-    from pixelexp.experiment import run_experiment
+    from pixelexp.studies.experiment import run_experiment
     run_experiment(args.experiment, args.overrides, report=not args.no_report,
                    progress=not args.quiet, fresh=args.fresh)
 
 
 def cmd_sweep(args) -> None:
     """Run a sweep's Optuna study, or (--worker) be one of its worker processes."""
-    from pixelexp import sweep
+    from pixelexp.studies import sweep
     if args.worker:
         sweep.worker_main(args.sweep, args.overrides, args.storage, args.parent)
         return
@@ -238,19 +238,19 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     """Write the report of an experiment, or (--sweep) of a sweep's study."""
     if args.sweep:
-        from pixelexp import sweep
+        from pixelexp.studies import sweep
         s = sweep.load_sweep(args.sweep)
         url = sweep.storage_url(s, 1)
         import optuna
         if s.name not in optuna.study.get_all_study_names(sweep.open_storage(url, s.heartbeat)):
             raise UserError(f"no study {s.name!r} in {url}; run `make sweep SWEEP={s.name}` first")
-        from pixelexp.report import sweep_report
+        from pixelexp.studies.report import sweep_report
         sweep_report(s.name, study=sweep.open_study(s, url), multi=s.multi, metrics=s.metrics,
                      out_dir=args.out)
     elif args.experiment:
         from pixelexp.config import check_name
         check_name(args.experiment, "experiment name", "report")
-        from pixelexp.report import make_report
+        from pixelexp.studies.report import make_report
         make_report(args.experiment, parent_run_id=args.parent, out_dir=args.out)
     else:
         raise UserError("report needs an experiment name, or --sweep NAME")
@@ -259,7 +259,7 @@ def cmd_report(args) -> None:
 def cmd_receptive_field(args) -> None:
     """Draw which input pixels reach one output pixel of a small model."""
     from pixelexp.models import MODELS
-    from pixelexp.receptive import receptive_field_image
+    from pixelexp.tools.receptive import receptive_field_image
     single = [m for m in MODELS if m != "multiscale_pixel_rnn"]  # one network each
     if args.model not in single:
         raise UserError(f"receptive-field takes one of: {', '.join(single)}; got {args.model!r}")
@@ -276,14 +276,14 @@ def cmd_sample(args) -> None:
     """Draw samples from a run's final checkpoint into a PNG."""
     if args.n < 1:
         raise UserError(f"sample: --n must be >= 1, got {args.n}")
-    from pixelexp.sample import sample_run
+    from pixelexp.tools.sample import sample_run
     sample_run(args.run_id, n=args.n, out=args.out, seed=args.seed, device=args.device)
 
 
 def cmd_bench(args) -> None:
     """Time training, evaluation and sampling, fast paths against the plain reference."""
-    from pixelexp.bench import run_bench
     from pixelexp.models import MODELS
+    from pixelexp.tools.bench import run_bench
     models = tuple(m for m in args.models.split(",") if m)
     bad = [m for m in models if m not in MODELS]
     if bad or not models:
@@ -307,17 +307,17 @@ def cmd_bench(args) -> None:
 
 def cmd_resume(args) -> None:
     """Continue a killed or crashed run from its checkpoint, under the same run id."""
-    from pixelexp.resume import resume_run
+    from pixelexp.runs.resume import resume_run
     resume_run(args.run_id, checkpoint_path=args.checkpoint, progress=not args.quiet)
 
 
 def cmd_rerun(args) -> None:
     """Start a new run from the config of a run, with any key=value settings on top."""
-    from pixelexp.resume import rerun
+    from pixelexp.runs.resume import rerun
     rerun(args.run_id, args.overrides, progress=not args.quiet)
 
 
 def cmd_sync(args) -> None:
     """Send the records a run's journal kept while the tracking store was away."""
-    from pixelexp.tracking import sync
+    from pixelexp.runs.tracking import sync
     sync(args.folder, uri=args.uri)

@@ -10,7 +10,7 @@ import sys
 import time
 
 from pixelexp.config import load_config
-from pixelexp.train import run
+from pixelexp.runs.train import run
 
 root = sys.argv[1]
 models = [a for a in sys.argv[2:] if "=" not in a] or ["pixel_cnn"]

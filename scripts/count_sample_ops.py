@@ -14,8 +14,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import pixelexp
-from pixelexp.bench import MODELS, settings
 from pixelexp.models import build_model
+from pixelexp.tools.bench import MODELS, settings
 
 METADATA = {"aten.slice", "aten.view", "aten.select", "aten.t", "aten.permute", "aten.expand", "aten.alias",
             "aten.unsqueeze", "aten._unsafe_view", "aten.as_strided", "aten.transpose", "aten.detach",

@@ -11,7 +11,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pixelexp.bench import Case, Trainable, settings
+from pixelexp.tools.bench import Case, Trainable, settings
 
 model = sys.argv[1] if len(sys.argv) > 1 else "pixel_rnn"
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 256

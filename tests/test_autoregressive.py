@@ -159,8 +159,8 @@ def test_causality_check_catches_a_pixel_cnn_block_whose_r_sees_g(layer):
 def test_causality_check_catches_the_reference_bilstm_leak(monkeypatch):
     """Without the down-shift of the right-to-left direction (the TensorFlow
     reference's bug), the Diagonal BiLSTM sees the future."""
+    import pixelexp.nn.kernels.plain as plain
     import pixelexp.nn.lstm as lstm
-    import pixelexp.nn.plain as plain
     model = make("pixel_rnn", (1, 4, 4), 2)
     assert causality_violation(model, (1, 4, 4), 2) is None
     monkeypatch.setattr(lstm.DiagonalBiLSTM, "row_shift", 0)  # the fast layer, unshifted

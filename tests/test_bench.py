@@ -36,8 +36,8 @@ def test_bench_flops_of_one_image_scale_to_the_batch(name):
     """bench counts the plain models' FLOPs on one image and scales: they are linear in the batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pixelexp.bench import step_flops
-    from pixelexp.fast import PLAIN
+    from pixelexp.engine.fast import PLAIN
+    from pixelexp.tools.bench import step_flops
     torch.manual_seed(0)
     model = set_impl(build_model(name, image_shape=(1, 6, 5), levels=2, hidden_dims=4, recurrent_length=2), "plain")
     x = torch.randint(0, 2, (3, 1, 6, 5))
@@ -47,7 +47,7 @@ def test_bench_flops_of_one_image_scale_to_the_batch(name):
 
 
 def test_bench_compares_time_per_epoch_of_cases_timed_alike():
-    from pixelexp.bench import epoch_lines
+    from pixelexp.tools.bench import epoch_lines
     case = {"setting": 1, "image": "28x28 gray", "precision": "fp32"}
     results = [{**case, "model": "pixel_cnn", "batch": 256, "train_ips": 55_000.0, "eval_ips": 15_000.0},  # 2 s
                {**case, "model": "pixel_rnn", "batch": 256, "train_ips": 5_500.0, "eval_ips": 7_500.0},  # 12 s

@@ -11,7 +11,7 @@ from PIL import Image
 from pixelexp.config import load_config
 from pixelexp.data import load_data
 from pixelexp.errors import DataError
-from pixelexp.report import DIFF_SEP, comparison_section, data_differences, summarize
+from pixelexp.studies.report import DIFF_SEP, comparison_section, data_differences, summarize
 
 # ---------------------------------------------------------------------------- data_differences
 

@@ -147,7 +147,7 @@ def test_rgb_data_trains_an_rgb_model(tmp_path):
     """CIFAR-shaped data flows through training with a 256-way softmax per channel."""
     np.savez(tmp_path / "train.npz", images=rng_images((12, 8, 8, 3)))
     np.savez(tmp_path / "test.npz", images=rng_images((4, 8, 8, 3), 1))
-    from pixelexp.train import run
+    from pixelexp.runs.train import run
     cfg = load_config(None, ["data.name=folder", f"data.root={tmp_path}", "data.val_size=4",
                              "data.levels=256", "data.binarize=none", "model.name=row_lstm",
                              "model.hidden_dims=6", "model.recurrent_length=1", "model.out_hidden_dims=12",

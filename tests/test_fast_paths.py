@@ -56,7 +56,7 @@ def test_fast_scan_matches_the_plain_loop(name, shape, levels, extra, device):
 def test_the_hand_written_scan_backward_is_the_derivative(device):
     """gradcheck in float64: the scan's backward against finite differences, for the
     input gates and the state weights, with a state table read unevenly."""
-    from pixelexp.nn.scan import diagonal_scan
+    from pixelexp.nn.kernels.scan import diagonal_scan
     torch.manual_seed(0)
     B, H, W, hd = 2, 3, 4, 3
     P = W + H - 1
@@ -69,7 +69,7 @@ def test_the_hand_written_scan_backward_is_the_derivative(device):
 @pytest.mark.parametrize("rows,chunk,blocks", [(12, 3, 4), (12, 5, 2), (7, 2, 1), (6, 1024, 1)])
 def test_the_state_weight_gradient_in_blocks_of_rows_is_the_full_sum(rows, chunk, blocks):
     """sum over (step, row) of z^T dg, however the rows are cut into blocks."""
-    from pixelexp.nn import scan
+    from pixelexp.nn.kernels import scan
     torch.manual_seed(0)
     zs, dg = torch.randn(2, 5, rows, 6, dtype=torch.float64), torch.randn(2, 5, rows, 12, dtype=torch.float64)
     calls = []
@@ -85,7 +85,7 @@ def test_the_scan_cell_functions_compile_whole_and_match_eager():
     """What train.compile compiles for the Diagonal BiLSTM (on a GPU, one kernel per diagonal
     and pass): each cell function is one graph (fullgraph: no graph break, which would split
     it into several kernels) and computes what the eager one does."""
-    from pixelexp.nn.scan import cell_backward, cell_forward
+    from pixelexp.nn.kernels.scan import cell_backward, cell_forward
     torch.manual_seed(0)
     B, H, hd = 3, 5, 16
     g, c = torch.randn(2, B * H, 4 * hd), torch.randn(2, B * H, hd)
@@ -101,7 +101,7 @@ def test_the_scan_cell_functions_compile_whole_and_match_eager():
 
 def test_the_skew_gathers_are_the_skew_and_unskew():
     """diagonal_indices reads what nn.shifts.skew / unskew move, both directions."""
-    from pixelexp.nn.scan import diagonal_indices
+    from pixelexp.nn.kernels.scan import diagonal_indices
     from pixelexp.nn.shifts import skew, unskew
     B, H, W = 2, 5, 3
     P, N = W + H - 1, B * H * W
@@ -121,7 +121,7 @@ def test_the_skew_gathers_are_the_skew_and_unskew():
 
     # Their backward is a gather as well: the same gradients as index_select's (which adds,
     # with atomics on a GPU), except in the constant zero rows, which get none.
-    from pixelexp.nn.scan import gather_rows
+    from pixelexp.nn.kernels.scan import gather_rows
     for idx_, inv, zero_rows in ((idx.gates, idx.gates_inv, 2), (idx.states, idx.states_inv, 1)):
         src = torch.randn(len(inv), 3, dtype=torch.float64, requires_grad=True)
         up = torch.randn(len(idx_), 3, dtype=torch.float64)
@@ -133,8 +133,8 @@ def test_the_skew_gathers_are_the_skew_and_unskew():
 TRITON_CHECK = """
 import torch
 from pixelexp.models import build_model, set_impl
-from pixelexp.nn.scan import diagonal_scan
-from pixelexp.nn.triton_scan import available, triton_diagonal_scan
+from pixelexp.nn.kernels.scan import diagonal_scan
+from pixelexp.nn.kernels.triton_scan import available, triton_diagonal_scan
 dev = torch.device("DEVICE")
 assert available(16, dev)
 torch.manual_seed(0)
@@ -192,7 +192,7 @@ def test_the_triton_scan_computes_what_the_pytorch_scan_does(device):
 def test_the_impl_tag_says_what_runs(monkeypatch):
     """MLflow's pixelexp.impl: model.impl=triton where its kernels cannot run is the fast scan."""
     from pixelexp.config import load_config
-    from pixelexp.train import effective_impl
+    from pixelexp.runs.train import effective_impl
     pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cpu = torch.device("cpu")
@@ -206,7 +206,7 @@ def test_the_impl_tag_says_what_runs(monkeypatch):
 def test_the_plain_loop_is_a_different_computation():
     """The check can fail: the plain loop without the down-shift of the right-to-left
     direction (the TensorFlow reference's leak) gives other log-probabilities."""
-    from pixelexp.nn import plain
+    from pixelexp.nn.kernels import plain
     torch.manual_seed(0)
     model = build_model("diagonal_bilstm", image_shape=(1, 8, 8), levels=2, hidden_dims=4, recurrent_length=2)
     x = torch.randint(0, 2, (2, 1, 8, 8))
@@ -267,8 +267,8 @@ def quick_cfg(mnist10k, *extra):
 def test_evaluation_is_fp32_whatever_the_training_precision(name):
     """Every logged NLL is computed in fp32: the evaluation step under train.precision=bf16
     gives exactly the fp32 number (bf16 autocast runs on CPUs too, so this can fail here)."""
-    from pixelexp import fast
-    from pixelexp.train import evaluate
+    from pixelexp.engine import fast
+    from pixelexp.runs.train import evaluate
     torch.manual_seed(0)
     model = build_model(name, image_shape=(1, 6, 6), levels=2, hidden_dims=8, recurrent_length=2,
                         out_hidden_dims=8).eval()
@@ -282,7 +282,7 @@ def test_evaluation_is_fp32_whatever_the_training_precision(name):
 
 
 def test_bf16_changes_the_bits_per_dim_of_a_short_training_by_under_001(mnist10k):
-    from pixelexp.train import run
+    from pixelexp.runs.train import run
     fp32 = run(quick_cfg(mnist10k, "train.precision=fp32"), None, progress=False).metrics
     bf16 = run(quick_cfg(mnist10k, "train.precision=bf16"), None, progress=False).metrics
     assert fp32["test_bpd"] != bf16["test_bpd"]  # it did run in bf16
@@ -291,7 +291,7 @@ def test_bf16_changes_the_bits_per_dim_of_a_short_training_by_under_001(mnist10k
 
 @pytest.mark.parametrize("name", ["pixel_cnn", "row_lstm"])
 def test_compiled_training_matches_eager(mnist10k, name, capsys):
-    from pixelexp.train import run
+    from pixelexp.runs.train import run
     args = [f"model.name={name}", "data.train_limit=100", "model.hidden_dims=4", "model.recurrent_length=1",
             "data.val_size=20", "data.test_limit=20", "model.out_hidden_dims=4", "train.batch_size=20"]
     eager = run(quick_cfg(mnist10k, *args, "train.compile=off"), None, progress=False).metrics
@@ -309,7 +309,7 @@ def test_compiled_training_matches_eager(mnist10k, name, capsys):
 def test_cuda_graph_training_matches_eager(mnist10k, name, capsys):
     """Replaying forward + backward as a CUDA graph trains the same model as eager steps
     (fp32, no compile; 130 images in batches of 20: the last batch of 10 runs eagerly)."""
-    from pixelexp.train import run
+    from pixelexp.runs.train import run
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     args = [f"model.name={name}", "data.train_limit=130", "data.val_size=20", "data.test_limit=40",
             "train.batch_size=20", "train.epochs=2", "train.device=cuda", "train.precision=fp32",
@@ -330,7 +330,7 @@ def test_cuda_graph_training_matches_eager(mnist10k, name, capsys):
     ("diagonal_bilstm", (1, 8, 8), 2, {}), ("row_lstm", (3, 5, 5), 4, {}), ("multiscale_pixel_rnn", (1, 8, 8), 2, {}),
 ])
 def test_cuda_graph_sampler_draws_the_eager_samplers_images(name, shape, levels, extra):
-    from pixelexp import fast
+    from pixelexp.engine import fast
     torch.manual_seed(0)
     model = build_model(name, image_shape=shape, levels=levels, hidden_dims=8, recurrent_length=2, **extra).cuda()
     labels = torch.tensor([0, 2, 1, 0, 2], device="cuda") if extra.get("conditional") else None
@@ -350,7 +350,7 @@ def test_a_graphed_step_is_captured_on_a_full_batch_not_on_a_first_partial_one(m
     """A resume that starts on an epoch's last batch, or a validation split smaller than a
     batch, must not make the smaller shape the captured one (every full batch would then
     run eagerly); without a CUDA device only the choice is checked here."""
-    from pixelexp import fast
+    from pixelexp.engine import fast
     model = build_model("pixel_cnn", image_shape=(1, 4, 4), levels=2, hidden_dims=4, recurrent_length=1).eval()
     step = fast.EvalStep(model, fast.FastPaths(graphs=True), torch.device("cpu"), batch_size=4)
     tried = []
@@ -362,7 +362,7 @@ def test_a_graphed_step_is_captured_on_a_full_batch_not_on_a_first_partial_one(m
 
 
 def test_a_failing_compile_falls_back_to_eager_with_a_warning(mnist10k, monkeypatch, capsys):
-    from pixelexp.train import run
+    from pixelexp.runs.train import run
 
     def broken(fn, **kw):
         def call(*a, **k):

@@ -15,7 +15,7 @@ import pytest
 
 from pixelexp.cli import main
 from pixelexp.errors import ConfigError
-from pixelexp.sweep import load_sweep
+from pixelexp.studies.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 RNN_VS_CNN = REPO / "experiments" / "rnn_vs_cnn.yaml"

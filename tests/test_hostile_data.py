@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from pixelexp import memory, models, train
+from pixelexp import memory, models
 from pixelexp.cli import main
 from pixelexp.config import load_config, load_experiment
 from pixelexp.data import fashion_mnist, load_data, mnist
 from pixelexp.data.idx import write_idx
 from pixelexp.errors import ConfigError, DataError
+from pixelexp.runs import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["train.epochs=1", "data.train_limit=20", "data.val_size=5", "data.test_limit=10", "model.name=pixel_cnn",

@@ -14,8 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from test_resume import REPO, tiny_args
 
-from pixelexp import checkpoint
 from pixelexp.cli import main
+from pixelexp.engine import checkpoint
 
 ROOT = REPO.parent / "shared/data/mnist-10k"
 TINY = ["model.name=pixel_cnn", "model.hidden_dims=4", "model.recurrent_length=1", "model.out_hidden_dims=8",
@@ -165,7 +165,7 @@ def test_ctrl_c_in_start_up_writes_nothing(tmp_path, tracking, monkeypatch, caps
 
 
 def test_ctrl_c_in_the_final_sampling_stops_with_130_and_resume_draws_them(tmp_path, tracking, monkeypatch, capsys):
-    _signal_self(monkeypatch, "pixelexp.fast", "sample")
+    _signal_self(monkeypatch, "pixelexp.engine.fast", "sample")
     args = [a for a in TINY if a != "track.sample_count=0"] + ["track.sample_count=4"]
     assert main(["train", *args, "--quiet"]) == 130
     err = capsys.readouterr().err

@@ -5,7 +5,7 @@ import torch
 
 from pixelexp.cli import main
 from pixelexp.models import build_model
-from pixelexp.receptive import receptive_field
+from pixelexp.tools.receptive import receptive_field
 
 H = W = 15
 I, J = 10, 7  # the pixel whose context we look at

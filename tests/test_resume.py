@@ -14,12 +14,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pixelexp import checkpoint
 from pixelexp.cli import main
 from pixelexp.config import load_config
+from pixelexp.engine import checkpoint
 from pixelexp.models.base import AutoregressiveModel
-from pixelexp.tracking import Tracker
-from pixelexp.train import TIMING_METRICS, run
+from pixelexp.runs.tracking import Tracker
+from pixelexp.runs.train import TIMING_METRICS, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -276,7 +276,7 @@ def test_checkpoints_every_minutes_within_an_epoch_and_only_the_newest_kept(mnis
 @pytest.fixture
 def killed_run(mnist10k, tracking, monkeypatch):
     """A run that got SIGTERM in epoch 2, batch 2 (status KILLED), with its checkpoints."""
-    from pixelexp import signals
+    from pixelexp.engine import signals
     from pixelexp.errors import Interrupted
     trained = {"n": 0}  # training batches so far
     forward = AutoregressiveModel.forward

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pixelexp.cli import main
-from pixelexp.sweep import load_sweep, open_study, storage_url
+from pixelexp.studies.sweep import load_sweep, open_study, storage_url
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.train_limit=40", "data.val_size=20", "data.test_limit=20", "train.batch_size=20",

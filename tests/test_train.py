@@ -5,15 +5,15 @@ import math
 import pytest
 import torch
 
-from pixelexp import train
-from pixelexp.checkpoint import CheckpointDir
 from pixelexp.config import load_config
+from pixelexp.engine.checkpoint import CheckpointDir
 from pixelexp.errors import CheckpointError
 from pixelexp.models import build_model
-from pixelexp.rundir import RunDir
-from pixelexp.sample import load_checkpoint
-from pixelexp.tracking import Tracker
-from pixelexp.train import bits_per_dim, evaluate, run
+from pixelexp.runs import train
+from pixelexp.runs.rundir import RunDir
+from pixelexp.runs.tracking import Tracker
+from pixelexp.runs.train import bits_per_dim, evaluate, run
+from pixelexp.tools.sample import load_checkpoint
 
 
 def test_bits_per_dim_is_nats_over_subpixels_times_ln2():
@@ -111,7 +111,7 @@ def test_conditional_needs_a_conditional_model():
 
 
 def test_the_reported_epoch_is_chosen_on_validation_never_on_test():
-    from pixelexp.train import selected
+    from pixelexp.runs.train import selected
     h = [{"epoch": 1, "val_bpd": 0.30, "test_bpd": 0.20}, {"epoch": 2, "val_bpd": 0.25, "test_bpd": 0.29},
          {"epoch": 3, "val_bpd": 0.25, "test_bpd": 0.10}, {"epoch": 4, "val_bpd": 0.28, "test_bpd": 0.05}]
     assert selected(h) == {"best_epoch": 2.0, "best_val_bpd": 0.25, "best_test_bpd": 0.29}  # earliest of equals
@@ -121,8 +121,8 @@ def test_the_reported_epoch_is_chosen_on_validation_never_on_test():
 
 def test_the_best_checkpoint_is_the_chosen_epochs(mnist10k, tracking, monkeypatch):
     """runs/<id>/checkpoints/best.pt holds the weights of the epoch with the lowest val NLL."""
-    from pixelexp import checkpoint
     from pixelexp.cli import main
+    from pixelexp.engine import checkpoint
     vals = iter([0.5, 0.3, 0.4])  # epoch 2 is best on validation, whatever test says
     real = train.evaluate
     calls = {"n": 0}

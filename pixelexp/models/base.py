@@ -66,7 +66,7 @@ class Draws:
     given the same generator the naive and the fast samplers use the same numbers (and
     return the same images); and as nothing random happens inside the loop, a CUDA
     graph can replay a whole sampler after fresh numbers are copied into `u`
-    (`pixelexp.fast.sample`)."""
+    (`pixelexp.engine.fast.sample`)."""
 
     def __init__(self, u: torch.Tensor):
         self.u, self.k = u, 0

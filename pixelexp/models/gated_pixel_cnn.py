@@ -113,7 +113,7 @@ class ValueEmbedding(nn.Module):
     The value is read back from the scaled input and rounded, so each subpixel gets its
     value's row of the table exactly; the gradient is that of the linear interpolation
     between neighbouring rows, so that every input has one (the receptive-field view,
-    `pixelexp.receptive`, reads it)."""
+    `pixelexp.tools.receptive`, reads it)."""
 
     def __init__(self, image_channels: int, levels: int, dims: int):
         super().__init__()

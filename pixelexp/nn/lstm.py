@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelexp.nn import triton_scan
+from pixelexp.nn.kernels import triton_scan
+from pixelexp.nn.kernels.plain import diagonal_bilstm_plain
+from pixelexp.nn.kernels.scan import EAGER, diagonal_indices, diagonal_scan, gather_rows
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
-from pixelexp.nn.plain import diagonal_bilstm_plain
 from pixelexp.nn.row_cache import RowCache
-from pixelexp.nn.scan import EAGER, diagonal_indices, diagonal_scan, gather_rows
 
 
 def lstm_cell(g: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

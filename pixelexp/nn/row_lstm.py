@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pixelexp.nn.kernels.plain import row_lstm_plain
 from pixelexp.nn.lstm import lstm_cell, lstm_cell_into
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
-from pixelexp.nn.plain import row_lstm_plain
 from pixelexp.nn.row_cache import RowCache
 
 

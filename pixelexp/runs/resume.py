@@ -16,12 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from pixelexp import checkpoint, rundir, signals, tracking
 from pixelexp.config import Config, config_from_dict, parse_overrides, resolve
 from pixelexp.data import load_data
+from pixelexp.engine import checkpoint, signals
 from pixelexp.errors import CheckpointError, UserError, first_line
-from pixelexp.rundir import RunDir
-from pixelexp.train import RunResult, check_resumable, chosen_line, make_model, preflight, run
+from pixelexp.runs import rundir, tracking
+from pixelexp.runs.rundir import RunDir
+from pixelexp.runs.train import RunResult, check_resumable, chosen_line, make_model, preflight, run
 
 
 def run_config(tracker: tracking.Tracker, run_id: str) -> Config:

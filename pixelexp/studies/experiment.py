@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixelexp import signals, tracking
 from pixelexp.config import Experiment, load_experiment, yaml_path
-from pixelexp.distributed import broadcast
-from pixelexp.distributed import setup as setup_distributed
+from pixelexp.engine import signals
+from pixelexp.engine.distributed import broadcast
+from pixelexp.engine.distributed import setup as setup_distributed
 from pixelexp.errors import UserError
-from pixelexp.rundir import RunDir
-from pixelexp.train import RunResult, chosen_line, preflight, run
+from pixelexp.runs import tracking
+from pixelexp.runs.rundir import RunDir
+from pixelexp.runs.train import RunResult, chosen_line, preflight, run
 
 
 @dataclass
@@ -111,7 +112,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 results[v.name] = RunResult(metrics=old["metrics"])
                 continue
             if old is not None:
-                from pixelexp.resume import check_can_resume, prepare
+                from pixelexp.runs.resume import check_can_resume, prepare
                 check_can_resume(tracker, old["run_id"])
                 ckpt = prepare(tracker, old["run_id"], v.config)
                 echo(f"[{v.name}] resuming run {old['run_id']} from "
@@ -129,7 +130,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 results[v.name] = run(v.config, child, label=v.name, progress=progress, echo=echo, resume=ckpt)
     report_dir = None
     if report:
-        from pixelexp.report import make_report
+        from pixelexp.studies.report import make_report
         try:
             with signals.at_once():
                 report_dir = make_report(exp.name, parent_run_id=parent.run_id, echo=echo)

@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pixelexp import tracking
 from pixelexp.errors import UserError, cause
+from pixelexp.runs import tracking
 
 CURVES = ["train_bpd", "val_bpd", "test_bpd", "elapsed_hours"]
 

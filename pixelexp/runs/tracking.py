@@ -49,13 +49,13 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from pixelexp.errors import TrackingOutage, UserError, cause  # noqa: E402
-from pixelexp.journal import Journal  # noqa: E402
-from pixelexp.rundir import RunDir  # noqa: E402
+from pixelexp.runs.journal import Journal  # noqa: E402
+from pixelexp.runs.rundir import RunDir  # noqa: E402
 
 for _name in ("mlflow", "alembic"):  # in case MLflow was imported before us
     logging.getLogger(_name).setLevel(max(logging.getLogger(_name).level, logging.WARNING))
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Errors that say the store is (for now) unreachable or busy, so sending is retried;
 # any other MLflow error rejects that one record (kept in journal/rejected.jsonl).
 TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pixelexp import checkpoint, rundir, tracking
+from pixelexp.engine import checkpoint
 from pixelexp.errors import CheckpointError, UserError, first_line
 from pixelexp.images import save_png, to_grid, upscale
-from pixelexp.train import checkpoint_config, draw_samples, make_model, pick_device
+from pixelexp.runs import rundir, tracking
+from pixelexp.runs.train import checkpoint_config, draw_samples, make_model, pick_device
 
 # The checkpoint a run reports (its best validation NLL); else its newest.
 CHECKPOINT_ARTIFACTS = (rundir.BEST_ARTIFACT, rundir.LAST_ARTIFACT)

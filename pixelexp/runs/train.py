@@ -36,15 +36,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pixelexp import checkpoint, fast, rundir, signals
 from pixelexp.config import Config
 from pixelexp.data import DataSplits, load_data
-from pixelexp.distributed import Dist, all_sum, barrier, broadcast
-from pixelexp.distributed import setup as setup_distributed
-from pixelexp.distributed import wrap as wrap_ddp
+from pixelexp.engine import checkpoint, fast, signals
+from pixelexp.engine.distributed import Dist, all_sum, barrier, broadcast
+from pixelexp.engine.distributed import setup as setup_distributed
+from pixelexp.engine.distributed import wrap as wrap_ddp
 from pixelexp.errors import CheckpointError, ConfigError, Interrupted
 from pixelexp.images import to_grid
 from pixelexp.models import AutoregressiveModel, build_model, count_parameters, set_impl
+from pixelexp.runs import rundir
 
 LN2 = math.log(2.0)
 TIMING_METRICS = ("epoch_seconds", "elapsed_hours", "images_per_second")  # the only ones that vary
@@ -146,7 +147,7 @@ def set_deterministic(on: bool) -> None:
 
 def effective_impl(cfg: Config, device: torch.device) -> str:
     """model.impl as it runs here: triton where its kernels cannot run is the fast scan."""
-    from pixelexp.nn import triton_scan
+    from pixelexp.nn.kernels import triton_scan
     why = triton_scan.unavailable(cfg.model.hidden_dims, device) if cfg.model.impl == "triton" else None
     return cfg.model.impl if why is None else f"fast (model.impl=triton: {why})"
 
@@ -581,7 +582,7 @@ def log_reproducibility(log, cfg: Config, data: DataSplits, n_params: int, devic
     code (git commit and diff), packages (pip freeze), machine."""
     import platform
 
-    from pixelexp import tracking
+    from pixelexp.runs import tracking
     log.log_params({**cfg.flat(), **data.summary(), "n_parameters": n_params})
     git = tracking.git_state()
     log.set_tags({"data_source": data.source, "device": str(device),

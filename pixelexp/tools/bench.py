@@ -46,8 +46,8 @@ from pathlib import Path
 
 import torch
 
-from pixelexp import fast
 from pixelexp.config import DataConfig, load_experiment, yaml_path
+from pixelexp.engine import fast
 from pixelexp.errors import UserError
 from pixelexp.models import build_model, set_impl
 
@@ -266,13 +266,13 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
               sample_n: int | None = None, graphs: str = "auto", sample: bool = True, impl: str = "fast",
               echo=print) -> dict:
     """Each of batches/precisions/images/sets, when given, replaces the default list."""
-    from pixelexp.train import pick_device
+    from pixelexp.runs.train import pick_device
     dev = pick_device(device)
     gpu = dev.type == "cuda"
     hp = settings()
     sets = sets or ((1,) if quick else (1, 2))
     if impl == "triton":
-        from pixelexp.nn.triton_scan import unavailable
+        from pixelexp.nn.kernels.triton_scan import unavailable
         why = next(filter(None, (unavailable(hp[s]["hidden_dims"], dev) for s in sets)), None)
         if why:
             raise UserError(f"bench --impl triton: {why}; run it on a CUDA device with Triton, or leave out --impl")

@@ -1,6 +1,6 @@
 """The Diagonal BiLSTM scan as two Triton kernels (forward, backward): `model.impl: triton`.
 
-Same contract as `pixelexp.nn.scan.DiagonalScan` (input gates of every diagonal in,
+Same contract as `pixelexp.nn.kernels.scan.DiagonalScan` (input gates of every diagonal in,
 a table of every state out), but each layer's whole recurrence is one kernel launch:
 one program per (direction, image) walks the P = W+H-1 diagonals, keeping the column's
 h and c (H x h) in registers. Per diagonal and gate k (i, f, o, g):

@@ -1,0 +1,2 @@
+"""The recurrent layers' scans: `plain` loops (the reference), the fast `scan`, and the
+Diagonal BiLSTM's scan as Triton kernels (`triton_scan`, CUDA only)."""

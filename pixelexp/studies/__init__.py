@@ -1,0 +1,1 @@
+"""Many runs compared: experiment files (variants), Optuna sweeps, and their reports."""

@@ -1,0 +1,1 @@
+"""Commands around runs and models: the benchmark, receptive fields, sampling a checkpoint."""
