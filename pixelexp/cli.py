@@ -194,6 +194,7 @@ def _listed(text: str | None, allowed: dict, flag: str) -> tuple | None:
 def cmd_train(args) -> None:
     """Train one config in a new MLflow run (under torchrun, only rank 0 tracks)."""
     from pixelexp.config import check_name, load_config
+    from pixelexp.console import log
     from pixelexp.runs import tracking
     from pixelexp.runs.train import preflight, run
 
@@ -207,11 +208,11 @@ def cmd_train(args) -> None:
         run(cfg, None, label=cfg.model.name, progress=False)
         return
     tracker = tracking.Tracker(args.experiment)
-    log = tracker.start_run(f"{cfg.model.name}", tags={"pixelexp.kind": "train"})
-    print(f"run {log.run_id} in {tracker.uri} (experiment {args.experiment})", flush=True)
-    with log:
-        run(cfg, log, label=cfg.model.name, progress=not args.quiet)
-    print(f"run {log.run_id} finished")
+    run_log = tracker.start_run(f"{cfg.model.name}", tags={"pixelexp.kind": "train"})
+    log.info(f"run {run_log.run_id} in {tracker.uri} (experiment {args.experiment})")
+    with run_log:
+        run(cfg, run_log, label=cfg.model.name, progress=not args.quiet)
+    log.info(f"run {run_log.run_id} finished")
 
 
 def cmd_experiment(args) -> None:

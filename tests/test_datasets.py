@@ -152,6 +152,6 @@ def test_rgb_data_trains_an_rgb_model(tmp_path):
                              "data.levels=256", "data.binarize=none", "model.name=row_lstm",
                              "model.hidden_dims=6", "model.recurrent_length=1", "model.out_hidden_dims=12",
                              "train.epochs=1", "train.batch_size=4", "track.sample_count=2"])
-    res = run(cfg, progress=False, echo=lambda *_: None)
+    res = run(cfg, progress=False)
     assert 6.0 < res.metrics["test_bpd"] < 9.0 and "test_nats" not in res.metrics  # ~8 bits: untrained
     assert res.samples.shape == (2, 3, 8, 8) and res.samples.max() < 256

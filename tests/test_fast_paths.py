@@ -192,7 +192,7 @@ def test_the_triton_scan_computes_what_the_pytorch_scan_does(device):
 def test_the_impl_tag_says_what_runs(monkeypatch):
     """MLflow's pixelexp.impl: model.impl=triton where its kernels cannot run is the fast scan."""
     from pixelexp.config import load_config
-    from pixelexp.runs.train import effective_impl
+    from pixelexp.engine.build import effective_impl
     pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cpu = torch.device("cpu")
@@ -268,7 +268,7 @@ def test_evaluation_is_fp32_whatever_the_training_precision(name):
     """Every logged NLL is computed in fp32: the evaluation step under train.precision=bf16
     gives exactly the fp32 number (bf16 autocast runs on CPUs too, so this can fail here)."""
     from pixelexp.engine import fast
-    from pixelexp.runs.train import evaluate
+    from pixelexp.engine.metrics import evaluate
     torch.manual_seed(0)
     model = build_model(name, image_shape=(1, 6, 6), levels=2, hidden_dims=8, recurrent_length=2,
                         out_hidden_dims=8).eval()
@@ -295,13 +295,13 @@ def test_compiled_training_matches_eager(mnist10k, name, capsys):
     args = [f"model.name={name}", "data.train_limit=100", "model.hidden_dims=4", "model.recurrent_length=1",
             "data.val_size=20", "data.test_limit=20", "model.out_hidden_dims=4", "train.batch_size=20"]
     eager = run(quick_cfg(mnist10k, *args, "train.compile=off"), None, progress=False).metrics
-    warnings = []
-    compiled = run(quick_cfg(mnist10k, *args, "train.compile=on"), None, progress=False,
-                   echo=warnings.append).metrics
+    capsys.readouterr()
+    compiled = run(quick_cfg(mnist10k, *args, "train.compile=on"), None, progress=False).metrics
+    said = capsys.readouterr()
     for k in ("train_bpd", "val_bpd", "test_bpd"):
         assert compiled[k] == pytest.approx(eager[k], rel=1e-5), k
-    assert "compile" in warnings[0]  # the run says which fast paths it took
-    assert "torch.compile failed" not in capsys.readouterr().err  # compiled, not fallen back
+    assert "compile" in said.out.splitlines()[0]  # the run says which fast paths it took
+    assert "torch.compile failed" not in said.err  # compiled, not fallen back
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -315,10 +315,11 @@ def test_cuda_graph_training_matches_eager(mnist10k, name, capsys):
             "train.batch_size=20", "train.epochs=2", "train.device=cuda", "train.precision=fp32",
             "train.compile=off", "train.channels_last=off", "train.deterministic=false"]
     eager = run(quick_cfg(mnist10k, *args, "train.cuda_graphs=off"), None, progress=False).metrics
-    said = []
-    graphs = run(quick_cfg(mnist10k, *args, "train.cuda_graphs=on"), None, progress=False, echo=said.append).metrics
-    assert "cuda_graphs" in said[0]
-    assert "warning: CUDA graph capture" not in capsys.readouterr().err  # the training and evaluation steps
+    capsys.readouterr()
+    graphs = run(quick_cfg(mnist10k, *args, "train.cuda_graphs=on"), None, progress=False).metrics
+    said = capsys.readouterr()
+    assert "cuda_graphs" in said.out.splitlines()[0]
+    assert "warning: CUDA graph capture" not in said.err  # the training and evaluation steps
     for k in ("train_bpd", "val_bpd", "test_bpd"):
         assert graphs[k] == pytest.approx(eager[k], rel=1e-4), k
 
@@ -338,10 +339,11 @@ def test_cuda_graph_sampler_draws_the_eager_samplers_images(name, shape, levels,
     def gen(seed):
         return torch.Generator(device="cuda").manual_seed(seed)
     eager = model.sample(5, generator=gen(1), labels=labels)
-    first = fast.sample(model, 5, generator=gen(1), labels=labels)  # warm-up run + capture + replay
-    assert model._sampler_graphs[(5, labels is not None)].graph is not None  # captured, not fallen back
-    again = fast.sample(model, 5, generator=gen(1), labels=labels)  # a replay
-    other = fast.sample(model, 5, generator=gen(2), labels=labels)  # fresh numbers reach the graph
+    graphs = fast.SamplerGraphs()
+    first = fast.sample(model, 5, generator=gen(1), labels=labels, graphs=graphs)  # warm-up run + capture + replay
+    assert graphs.entries[(5, labels is not None)].graph is not None  # captured, not fallen back
+    again = fast.sample(model, 5, generator=gen(1), labels=labels, graphs=graphs)  # a replay
+    other = fast.sample(model, 5, generator=gen(2), labels=labels, graphs=graphs)  # fresh numbers reach the graph
     assert torch.equal(first, eager) and torch.equal(again, eager)
     assert torch.equal(other, model.sample(5, generator=gen(2), labels=labels)) and not torch.equal(other, eager)
 
@@ -362,15 +364,180 @@ def test_a_graphed_step_is_captured_on_a_full_batch_not_on_a_first_partial_one(m
 
 
 def test_a_failing_compile_falls_back_to_eager_with_a_warning(mnist10k, monkeypatch, capsys):
+    """A compiler backend that fails: dynamo raises BackendCompilerFailed, and the run
+    goes on eager, saying why."""
     from pixelexp.runs.train import run
+    compile_ = torch.compile
 
-    def broken(fn, **kw):
-        def call(*a, **k):
-            raise RuntimeError("no compiler for this")
-        return call
-    monkeypatch.setattr(torch, "compile", broken)
+    def no_compiler(graph_module, example_inputs):
+        raise RuntimeError("no compiler for this")
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend=no_compiler, **kw))
     eager = run(quick_cfg(mnist10k, "train.compile=off"), None, progress=False).metrics
     fallback = run(quick_cfg(mnist10k, "train.compile=on"), None, progress=False).metrics
     assert fallback["test_bpd"] == eager["test_bpd"]
     err = capsys.readouterr().err
     assert err.count("torch.compile failed (RuntimeError: no compiler for this)") == 1
+
+
+# ---------------------------------------------------------------- compiled step functions and their fallback
+
+
+def plus_one(x):
+    return x + 1
+
+
+def raises(error):
+    def compiled(*args, **kwargs):
+        raise error
+    return compiled
+
+
+def dynamo_errors():
+    """Errors of the compiler stack, as torch.compile raises them."""
+    from torch._dynamo import exc
+    from torch._inductor.exc import InductorError
+    return [exc.BackendCompilerFailed(plus_one, RuntimeError("no compiler for this"), None),
+            InductorError(RuntimeError("no compiler for this"), None),
+            exc.Unsupported("no compiler for this"), exc.InternalTorchDynamoError("no compiler for this")]
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"), RuntimeError("shape"),
+                                   KeyboardInterrupt(), "traced code's own error", "oom while compiling"])
+def test_only_compiler_errors_make_a_compiled_function_run_eager(error, capsys):
+    """Out of memory, a shape bug or an interrupt is raised as it is, without a warning,
+    also where dynamo found it (TorchRuntimeError: the traced code's own error) or
+    wraps it (an OOM while compiling); the compiled function is tried again next call."""
+    from torch._dynamo import exc
+
+    from pixelexp.engine.compiled import Fallback
+    if error == "traced code's own error":
+        error = exc.TorchRuntimeError("shape")
+    elif error == "oom while compiling":
+        error = exc.BackendCompilerFailed(plus_one, torch.OutOfMemoryError("CUDA out of memory"), None)
+    fn = Fallback(raises(error), plus_one)
+    for _ in range(2):
+        with pytest.raises(type(error)) as got:
+            fn(torch.zeros(2))
+        assert got.value is error
+    assert not fn.failed and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_a_compiler_error_makes_a_compiled_function_run_eager_with_one_warning(i, capsys):
+    from pixelexp.engine.compiled import Fallback
+    calls = []
+    error = dynamo_errors()[i]
+
+    def compiled(x):
+        calls.append(x)
+        raise error
+    fn = Fallback(compiled, plus_one)
+    assert torch.equal(fn(torch.zeros(2)), torch.ones(2)) and torch.equal(fn(torch.ones(2)), 2 * torch.ones(2))
+    assert fn.failed and len(calls) == 1  # not tried again
+    err = capsys.readouterr().err
+    assert err.count("warning: torch.compile failed") == 1 and "no compiler for this" in err
+    assert "RuntimeError: no compiler for this" in err or i > 1  # what the backend raised, not its wrapper
+
+
+def test_a_real_failing_backend_falls_back(capsys):
+    from pixelexp.engine.compiled import Fallback
+
+    def no_compiler(graph_module, example_inputs):
+        raise RuntimeError("no compiler for this")
+    torch._dynamo.reset()
+    fn = Fallback(torch.compile(plus_one, backend=no_compiler), plus_one)
+    assert torch.equal(fn(torch.zeros(3)), torch.ones(3))
+    assert capsys.readouterr().err.count("warning: torch.compile failed (RuntimeError: no compiler for this)") == 1
+
+
+def test_the_compiler_errors_are_found_in_this_torch():
+    from torch._dynamo import exc
+
+    from pixelexp.engine.compiled import compiler_errors
+    errors = compiler_errors()
+    assert exc.TorchDynamoException in errors
+    assert not issubclass(torch.OutOfMemoryError, errors) and RuntimeError not in errors
+
+
+@pytest.mark.parametrize("name,layers", [("row_lstm", 3), ("diagonal_bilstm", 3), ("multiscale_pixel_rnn", 6),
+                                         ("pixel_cnn", 0), ("gated_pixel_cnn", 0)])
+def test_apply_hands_the_recurrent_layers_their_compiled_step_functions(name, layers, monkeypatch):
+    """Each distinct step function is compiled once and shared by every layer that runs
+    it; eager_only gives the layers the eager ones for a while; a convolutional model is
+    compiled whole."""
+    from pixelexp.engine import fast
+    from pixelexp.engine.compiled import Fallback
+    from pixelexp.nn.kernels import scan
+    from pixelexp.nn.row_lstm import row_step
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    model = build_model(name, image_shape=(1, 8, 8), levels=2, hidden_dims=4, recurrent_length=3)
+    recurrent = model.recurrent_layers()
+    assert len(recurrent) == layers
+    net = fast.apply(model, model, fast.FastPaths(compile=True))
+    if not layers:
+        assert isinstance(net, Fallback) and compiled == [model]
+        return
+    assert net is model
+    eager = [row_step] if name == "row_lstm" else [scan.cell_forward, scan.cell_backward]
+    assert compiled == eager  # once each
+    kernels = {layer.kernels for layer in recurrent}
+    assert len(kernels) == 1  # the same functions in every layer
+    (k,) = kernels
+    fns = [k.step] if name == "row_lstm" else [k.forward, k.backward]
+    assert all(isinstance(f, Fallback) for f in fns) and [f.eager for f in fns] == eager
+    with fast.eager_only(model):
+        assert all(layer.kernels == type(k)(*eager) for layer in recurrent)
+    assert all(layer.kernels == k for layer in recurrent)  # the same compiled functions again
+    fast.apply(model, model, fast.FastPaths(compile=True))  # again: the eager functions compiled again
+    assert compiled == eager * 2 and recurrent[0].kernels.map(lambda f: f.eager) == type(k)(*eager)
+
+
+def test_a_layer_takes_only_its_own_kind_of_kernels():
+    from pixelexp.nn.kernels.steps import RowStep, ScanCells
+    model = build_model("diagonal_bilstm", image_shape=(1, 4, 4), levels=2, hidden_dims=4, recurrent_length=1)
+    (layer,) = model.recurrent_layers()
+    with pytest.raises(TypeError, match="takes ScanCells, not RowStep"):
+        layer.use_kernels(RowStep(step=plus_one))
+    cells = ScanCells(forward=plus_one, backward=plus_one)
+    layer.use_kernels(cells)
+    assert layer.kernels is cells
+
+
+def test_the_sampler_runs_eager_without_graphs_or_a_cuda_device():
+    from pixelexp.engine import fast
+    model = build_model("row_lstm", image_shape=(1, 4, 4), levels=2, hidden_dims=4, recurrent_length=1)
+    graphs = fast.SamplerGraphs()
+    for kept in (None, graphs):
+        got = fast.sample(model, 3, generator=torch.Generator().manual_seed(1), graphs=kept)
+        assert torch.equal(got, model.sample(3, generator=torch.Generator().manual_seed(1)))
+    assert graphs.entries == {} and graphs.model is None  # nothing captured on a CPU
+    other = build_model("row_lstm", image_shape=(1, 4, 4), levels=2, hidden_dims=4, recurrent_length=1)
+    assert graphs.get(model, (3, False)) is None
+    with pytest.raises(ValueError, match="one SamplerGraphs per model"):
+        graphs.get(other, (3, False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("error", [RuntimeError("operation not permitted when stream is capturing"),
+                                   torch.OutOfMemoryError("CUDA out of memory")])
+def test_a_failed_cuda_graph_capture_runs_eager_and_out_of_memory_is_raised(error, capsys):
+    """An error raised while capturing a step makes it run eagerly with a warning; out
+    of memory is raised as it is."""
+    from pixelexp.engine import fast
+
+    class Failing(fast.EvalStep):
+        def eager(self, x, y, cache: bool = True):
+            if torch.cuda.is_current_stream_capturing():
+                raise error
+            return super().eager(x, y, cache)
+    model = build_model("pixel_cnn", image_shape=(1, 4, 4), levels=2, hidden_dims=4, recurrent_length=1).cuda().eval()
+    step = Failing(model, fast.FastPaths(graphs=True), torch.device("cuda"))
+    x = torch.randint(0, 2, (4, 1, 4, 4), device="cuda")
+    if isinstance(error, torch.OutOfMemoryError):
+        with pytest.raises(torch.OutOfMemoryError):
+            step(x, None)
+        return
+    assert torch.allclose(step(x, None), -model.log_prob(x).sum((1, 2, 3)))
+    assert step.graph is None and step.failed
+    assert capsys.readouterr().err.count("warning: CUDA graph capture of the evaluation step failed") == 1

@@ -21,8 +21,8 @@ from pixelexp.cli import main
 from pixelexp.config import load_config, load_experiment
 from pixelexp.data import fashion_mnist, load_data, mnist
 from pixelexp.data.idx import write_idx
+from pixelexp.engine import build
 from pixelexp.errors import ConfigError, DataError
-from pixelexp.runs import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["train.epochs=1", "data.train_limit=20", "data.val_size=5", "data.test_limit=10", "model.name=pixel_cnn",
@@ -382,8 +382,8 @@ def test_every_model_is_counted_on_the_meta_device(name):
     4 copies of its parameters and its buffers (masks), 4 bytes each."""
     cfg = load_config(None, [f"model.name={name}", "model.hidden_dims=8", "model.recurrent_length=2",
                              *(["model.conditional=true"] if name == "gated_pixel_cnn" else [])])
-    est = train.check_fits(cfg, (3, 8, 8), 256, 10, "cpu")
-    real = train.make_model(cfg, (3, 8, 8), 256, 10)
+    est = build.check_fits(cfg, (3, 8, 8), 256, 10, "cpu")
+    real = build.make_model(cfg, (3, 8, 8), 256, 10)
     n_params, n_buffers = (sum(t.numel() for t in ts) for ts in (real.parameters(), real.buffers()))
     assert est["weights"] == 16 * n_params + 4 * n_buffers
     assert 0 < est["train"] and est["total"] == est["weights"] + max(est["train"], est["eval"])
@@ -396,7 +396,7 @@ def test_shipped_experiments_fit_this_machine(machine_24gb):
         for v in load_experiment(path).variants:
             c = v.config
             classes = 1000 if c.data.name.startswith("imagenet") else 10
-            est = train.check_fits(c, SHAPES[c.data.name], c.data.levels, classes, "cpu")
+            est = build.check_fits(c, SHAPES[c.data.name], c.data.levels, classes, "cpu")
             assert est["total"] < 17 * GB, (path.name, v.name, est)
             checked += 1
     assert checked >= 15
@@ -407,7 +407,7 @@ def test_huge_hidden_dims_stop_before_allocating(machine_24gb, hidden):
     """hidden_dims of 15000 or 100000: one line with the settings, the size and the free memory, at once."""
     cfg = load_config(None, [f"model.hidden_dims={hidden}"])
     with pytest.raises(ConfigError) as e:
-        train.check_fits(cfg, (1, 28, 28), 2, 10, "cpu")
+        build.check_fits(cfg, (1, 28, 28), 2, 10, "cpu")
     msg = str(e.value)
     assert msg.startswith(f"model.name=pixel_rnn model.hidden_dims={hidden} model.recurrent_length=7 ")
     assert " GB to train (" in msg and " G parameters), 20.0 GB is available on cpu; lower model.hidden_dims, " \
@@ -419,7 +419,7 @@ def test_batch_size_too_big_names_the_batch(machine_24gb):
     cfg = load_config(None, ["model.hidden_dims=64", "train.batch_size=5000", "train.eval_batch_size=100"])
     with pytest.raises(ConfigError, match="train.batch_size=5000 needs about .* lower model.hidden_dims, "
                                           "model.recurrent_length or train.batch_size$"):
-        train.check_fits(cfg, (1, 28, 28), 2, 10, "cpu")
+        build.check_fits(cfg, (1, 28, 28), 2, 10, "cpu")
 
 
 def test_gpu_memory_is_asked_of_cuda(monkeypatch):
@@ -427,7 +427,7 @@ def test_gpu_memory_is_asked_of_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * GB, 80 * GB))
     cfg = load_config(None, ["model.hidden_dims=64", "train.batch_size=1000", "train.eval_batch_size=100"])
     with pytest.raises(ConfigError, match="2.0 GB is available on cuda"):
-        train.check_fits(cfg, (1, 28, 28), 2, 10, "cuda")
+        build.check_fits(cfg, (1, 28, 28), 2, 10, "cuda")
 
 
 @pytest.fixture
@@ -447,7 +447,7 @@ def test_make_model_refuses_weights_that_cannot_fit(machine_24gb, address_space_
     memory are a ConfigError before anything is allocated."""
     cfg = load_config(None, ["model.hidden_dims=15000", "model.recurrent_length=1"])
     with pytest.raises(ConfigError) as e:
-        train.make_model(cfg, (1, 28, 28), 2, 10)
+        build.make_model(cfg, (1, 28, 28), 2, 10)
     assert str(e.value) == ("model.name=pixel_rnn with model.hidden_dims=15000, model.recurrent_length=1 does not "
                             "fit in memory: its 7.7 G parameters need 30.6 GB just to be built (20.0 GB is "
                             "available on cpu); lower model.hidden_dims or model.recurrent_length")
@@ -458,7 +458,7 @@ def test_make_model_turns_the_allocators_refusal_into_one_line(monkeypatch, addr
     monkeypatch.setattr(memory, "available_memory", lambda device: None)
     cfg = load_config(None, ["model.hidden_dims=15000", "model.recurrent_length=1"])
     with pytest.raises(ConfigError) as e:
-        train.make_model(cfg, (1, 28, 28), 2, 10)
+        build.make_model(cfg, (1, 28, 28), 2, 10)
     assert str(e.value) == ("model.name=pixel_rnn with model.hidden_dims=15000, model.recurrent_length=1 does not "
                             "fit in memory: its 7.7 G parameters need 30.6 GB just to be built; lower "
                             "model.hidden_dims or model.recurrent_length")

@@ -17,9 +17,10 @@ from mlflow import MlflowClient
 from pixelexp.cli import main
 from pixelexp.config import load_config
 from pixelexp.engine import checkpoint
+from pixelexp.engine.metrics import TIMING_METRICS
 from pixelexp.models.base import AutoregressiveModel
 from pixelexp.runs.tracking import Tracker
-from pixelexp.runs.train import TIMING_METRICS, run
+from pixelexp.runs.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 

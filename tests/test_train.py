@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from pixelexp.config import load_config
+from pixelexp.engine import trainer
 from pixelexp.engine.checkpoint import CheckpointDir
+from pixelexp.engine.metrics import bits_per_dim, evaluate
 from pixelexp.errors import CheckpointError
 from pixelexp.models import build_model
-from pixelexp.runs import train
 from pixelexp.runs.rundir import RunDir
 from pixelexp.runs.tracking import Tracker
-from pixelexp.runs.train import bits_per_dim, evaluate, run
+from pixelexp.runs.train import run
 from pixelexp.tools.sample import load_checkpoint
 
 
@@ -44,7 +45,7 @@ def quick_cfg(root, *extra):
 def test_learns_real_digits(mnist10k):
     """Two epochs on 800 real binarized digits: far below the 1 bit/dim of a coin flip and
     below the ~0.56 bits/dim of independent pixels with MNIST's ink density."""
-    res = run(quick_cfg(mnist10k, "train.epochs=2"), progress=False, echo=lambda *_: None)
+    res = run(quick_cfg(mnist10k, "train.epochs=2"), progress=False)
     h = res.history
     assert len(h) == 2 and h[1]["train_bpd"] < h[0]["train_bpd"]
     assert h[1]["val_bpd"] < 0.35 and h[1]["test_bpd"] < 0.35
@@ -55,18 +56,18 @@ def test_learns_real_digits(mnist10k):
 def test_same_seed_same_numbers(mnist10k):
     cfg = quick_cfg(mnist10k, "train.epochs=1", "data.train_limit=100", "data.test_limit=50",
                     "model.name=pixel_rnn", "model.hidden_dims=4", "model.recurrent_length=1")
-    a = run(cfg, progress=False, echo=lambda *_: None)
-    b = run(cfg, progress=False, echo=lambda *_: None)
+    a = run(cfg, progress=False)
+    b = run(cfg, progress=False)
     assert a.metrics["test_bpd"] == b.metrics["test_bpd"]
     assert torch.equal(a.samples, b.samples)
-    c = run(cfg.replace(**{"train.seed": 1}), progress=False, echo=lambda *_: None)
+    c = run(cfg.replace(**{"train.seed": 1}), progress=False)
     assert c.metrics["test_bpd"] != a.metrics["test_bpd"]
 
 
 def trained(cfg, name: str):
     """A tracked run of `cfg` -> (its RunResult, the newest checkpoint it wrote)."""
     with Tracker("checkpoints").start_run(name) as log:
-        res = run(cfg, log, progress=False, echo=lambda *_: None)
+        res = run(cfg, log, progress=False)
     return res, CheckpointDir(RunDir.of(log.run_id).checkpoints).latest()
 
 
@@ -111,7 +112,7 @@ def test_conditional_needs_a_conditional_model():
 
 
 def test_the_reported_epoch_is_chosen_on_validation_never_on_test():
-    from pixelexp.runs.train import selected
+    from pixelexp.engine.metrics import selected
     h = [{"epoch": 1, "val_bpd": 0.30, "test_bpd": 0.20}, {"epoch": 2, "val_bpd": 0.25, "test_bpd": 0.29},
          {"epoch": 3, "val_bpd": 0.25, "test_bpd": 0.10}, {"epoch": 4, "val_bpd": 0.28, "test_bpd": 0.05}]
     assert selected(h) == {"best_epoch": 2.0, "best_val_bpd": 0.25, "best_test_bpd": 0.29}  # earliest of equals
@@ -124,14 +125,14 @@ def test_the_best_checkpoint_is_the_chosen_epochs(mnist10k, tracking, monkeypatc
     from pixelexp.cli import main
     from pixelexp.engine import checkpoint
     vals = iter([0.5, 0.3, 0.4])  # epoch 2 is best on validation, whatever test says
-    real = train.evaluate
+    real = trainer.evaluate
     calls = {"n": 0}
 
     def fake(model, images, *a, **k):
         calls["n"] += 1
         nats = real(model, images, *a, **k)
         return next(vals) * 784 * math.log(2) if calls["n"] % 2 == 1 else nats  # val, then test
-    monkeypatch.setattr(train, "evaluate", fake)
+    monkeypatch.setattr(trainer, "evaluate", fake)
     args = ["train", "model.name=pixel_cnn", "model.hidden_dims=4", "model.recurrent_length=1", f"data.root={mnist10k}",
             "data.train_limit=40", "data.val_size=20", "data.test_limit=20", "train.batch_size=20", "train.epochs=3",
             "track.sample_count=0", "--quiet"]

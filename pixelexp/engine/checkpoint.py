@@ -156,11 +156,13 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
 
 
 class CheckpointDir:
-    """The newest `keep` checkpoints of one run, named by optimizer step."""
+    """The newest `keep` checkpoints of one run, named by optimizer step, and `best`
+    (where the checkpoint of the epoch chosen on validation goes; None: not kept)."""
 
-    def __init__(self, folder: str | Path, keep: int = 2):
+    def __init__(self, folder: str | Path, keep: int = 2, best: str | Path | None = None):
         self.folder = Path(folder)
         self.keep = keep
+        self.best = None if best is None else Path(best)
 
     def files(self) -> list[Path]:
         """Oldest first."""

@@ -10,30 +10,37 @@
                                               (the recurrent models launch thousands of small
                                               kernels per step; a graph launches them at once),
                                               and so are the evaluation's full batches and
-                                              each epoch's sample grid
+                                              each epoch's sample grid (`SamplerGraphs`)
     model.impl           fast | plain | triton  the recurrent layers' fast scans, the plain loops, or
                                               (Diagonal BiLSTM, CUDA) the scan as Triton kernels
 
 Compilation covers the whole network for the convolutional models; for the recurrent
-ones it compiles the step functions of the scans (Row LSTM: `scan_step`, one row's
-state convolution and gate math; Diagonal BiLSTM: `kernels`, the forward and backward
-elementwise functions of its hand-written scan, one kernel each), and the loops over
-rows / diagonals stay in Python, which keeps compile times short. Where compiling or
-capturing fails, training goes on eager with a warning. The plain path (fp32, eager,
-contiguous, model.impl=plain) is the reference the fast one is tested and benchmarked
-against.
+ones (`model.recurrent_layers()`) it compiles the step functions their scans are handed
+(`pixelexp.nn.kernels.steps`: the Row LSTM's `RowStep`, one row's state convolution and
+gate math; the Diagonal BiLSTM's `ScanCells`, the forward and backward elementwise
+functions of its hand-written scan, one kernel each), each function once, and gives
+them to the layers with `use_kernels`; the loops over rows / diagonals stay in Python,
+which keeps compile times short. Where the compiler fails (an error of torch._dynamo or
+torch._inductor: `pixelexp.engine.compiled`), training goes on eager with a warning;
+any other error (out of memory, a shape bug) is raised as it is. Where capturing a CUDA
+graph fails, that step runs eager with a warning; the captured graphs live in the step
+objects (`GradStep`, `EvalStep`) and in the `SamplerGraphs` their caller keeps. The plain path (fp32, eager, contiguous,
+model.impl=plain) is the reference the fast one is tested and benchmarked against.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from pixelexp.console import log
+from pixelexp.engine.compiled import Fallback, allow_recompiles, compiler_errors, eager_only
 from pixelexp.errors import cause
+from pixelexp.models.base import AutoregressiveModel, Draws
 
 
 @dataclass(frozen=True)
@@ -92,10 +99,8 @@ class _GraphedStep:
 
     what = "a step"
 
-    def __init__(self, model: nn.Module, paths: FastPaths, device: torch.device, warn=None,
-                 batch_size: int | None = None):
+    def __init__(self, model: nn.Module, paths: FastPaths, device: torch.device, *, batch_size: int | None = None):
         self.model, self.paths, self.device, self.batch_size = model, paths, device, batch_size
-        self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
         self.graph = None
         self.key = None  # (x shape, labels?, args) of the captured batch
         self.failed = not paths.graphs
@@ -124,27 +129,44 @@ class _GraphedStep:
         return self.static_out
 
     def _capture(self, x, y, args, key) -> None:
-        try:
-            self.static_x = x.clone()
-            self.static_y = None if y is None else y.clone()
-            for _ in range(3):  # warm-up: compile, autotune, fill the allocator
-                self.before()
-                on_side_stream(self.device, lambda: self.eager(self.static_x, self.static_y, *args, cache=False))
+        self.static_x = x.clone()
+        self.static_y = None if y is None else y.clone()
+        for _ in range(3):  # warm-up: compile, autotune, fill the allocator (its errors are the step's own)
             self.before()
-            graph = torch.cuda.CUDAGraph()
+            on_side_stream(self.device, lambda: self.eager(self.static_x, self.static_y, *args, cache=False))
+        self.before()
+        graph = torch.cuda.CUDAGraph()
+        try:
             with torch.cuda.graph(graph):
                 self.static_out = self.eager(self.static_x, self.static_y, *args, cache=False)
-            self.captured()
-            self.graph, self.key = graph, key
-        except Exception as e:  # noqa: BLE001 - any capture failure: warn, run eagerly
-            self.failed, self.graph = True, None
+        except RuntimeError as e:
+            if not capture_failure(e):
+                raise
+            self.failed = True
             self.before()
-            self.warn(f"warning: CUDA graph capture of {self.what} failed ({cause(e)}); "
-                      "it runs without graphs (set train.cuda_graphs=off "
-                      f"to skip the attempt)")
+            log.warning(f"CUDA graph capture of {self.what} failed ({cause(e)}); it runs without graphs "
+                        "(set train.cuda_graphs=off to skip the attempt)")
+            return
+        self.captured()
+        self.graph, self.key = graph, key
 
     def captured(self) -> None:
         """Right after a successful capture."""
+
+
+def capture_failure(e: RuntimeError) -> bool:
+    """Whether an error raised while capturing a CUDA graph means "this cannot be
+    captured" (after which the step runs eager): what CUDA and the graph machinery raise
+    for work a capture does not allow (a host sync, an uncapturable kernel or stream) is
+    a RuntimeError (torch.AcceleratorError among them). Out of memory is not: it is
+    raised as it is, also where ending the capture raised another error after it."""
+    seen: list[BaseException] = []
+    while e is not None and not any(e is s for s in seen):
+        if isinstance(e, torch.OutOfMemoryError):
+            return False
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return True
 
 
 class GradStep(_GraphedStep):
@@ -156,9 +178,9 @@ class GradStep(_GraphedStep):
 
     what = "the training step"
 
-    def __init__(self, net: nn.Module, model: nn.Module, paths: FastPaths, device: torch.device, warn=None,
+    def __init__(self, net: nn.Module, model: nn.Module, paths: FastPaths, device: torch.device, *,
                  batch_size: int | None = None):
-        super().__init__(model, paths, device, warn, batch_size)
+        super().__init__(model, paths, device, batch_size=batch_size)
         self.net = net
 
     def eager(self, x, y, scale: float, cache: bool = True) -> torch.Tensor:
@@ -194,53 +216,67 @@ class EvalStep(_GraphedStep):
         return -self.model.log_prob(x, y).float().sum(dim=(1, 2, 3))
 
 
-def apply(model: nn.Module, net: nn.Module, paths: FastPaths, warn=None):
+def apply(model: AutoregressiveModel, net: nn.Module, paths: FastPaths) -> nn.Module | Fallback:
     """-> the module to call in training: `net` (the model, or DDP of it) made channels-last
-    and compiled as the paths ask. The model's parameters are shared, not copied."""
-    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    and compiled as the paths ask. The model's parameters are shared, not copied. For a
+    recurrent model `net` itself is returned, and its recurrent layers get compiled step
+    functions (each distinct function compiled once, shared by the layers that run it);
+    for the others, `net` compiled whole (a `Fallback`). Applied again, it compiles the
+    eager functions again."""
     if paths.channels_last:
         model.to(memory_format=torch.channels_last)
     if not paths.compile:
         return net
-    _allow_recompiles(64)
-    recurrent = [m for m in model.modules() if hasattr(type(m), "scan_step") or hasattr(type(m), "kernels")]
-    if not recurrent:
-        return _Fallback(torch.compile(net), net, warn)
-    compiled = {}  # one compiled function per eager one, shared by the layers (and one warning)
+    allow_recompiles(64)
+    layers = model.recurrent_layers()
+    if not layers:
+        return Fallback(torch.compile(net), net)
+    compiled: dict[Callable, Fallback] = {}
 
-    def compile_(fn):
+    def compile_(fn: Callable) -> Fallback:
+        fn = fn.eager if isinstance(fn, Fallback) else fn
         if fn not in compiled:
-            compiled[fn] = _Fallback(torch.compile(fn, dynamic=False), fn, warn)
+            compiled[fn] = Fallback(torch.compile(fn, dynamic=False), fn)
         return compiled[fn]
-    for m in recurrent:
-        if hasattr(type(m), "scan_step"):  # Row LSTM: one row's step, autograd through it
-            m.scan_step = compile_(type(m).scan_step)
-        if hasattr(type(m), "kernels"):  # Diagonal BiLSTM: the scan's forward and backward cell functions
-            m.kernels = tuple(compile_(fn) for fn in type(m).kernels)
+    for layer in layers:
+        layer.use_kernels(layer.kernels.map(compile_))
     return net
 
 
-def _allow_recompiles(n: int) -> None:
-    """Compiled code is specialized per (shape, dtype, grad mode, module instance):
-    a run has a handful (training, its last batch, evaluation, the sampler), a benchmark
-    many. Past dynamo's default limit (8 per function) a new one would run eagerly."""
-    import torch._dynamo.config as dynamo
-    for name in ("recompile_limit", "cache_size_limit"):  # the name in newer / older torch
-        if hasattr(dynamo, name):
-            setattr(dynamo, name, max(getattr(dynamo, name), n))
-            return
+# ---------------------------------------------------------------- sampling
 
 
+@dataclass
 class _SamplerGraph:
+    graph: torch.cuda.CUDAGraph | None = None  # None: capturing failed, sampling stays eager
+    u: torch.Tensor | None = None  # the static uniform numbers (steps, n)
+    labels: torch.Tensor | None = None
+    out: torch.Tensor | None = None
+
+
+class SamplerGraphs:
+    """The CUDA graphs of `sample` for one model: one per (n, conditional), captured on
+    its first use and replayed after. Its owner (a trainer, for its run) passes it to
+    every `sample` call; dropping it frees the graphs and their memory."""
+
     def __init__(self):
-        self.graph = self.u = self.labels = self.out = None
+        self.model: nn.Module | None = None
+        self.entries: dict[tuple[int, bool], _SamplerGraph] = {}
+
+    def get(self, model: nn.Module, key: tuple[int, bool]) -> _SamplerGraph | None:
+        if self.model is not None and self.model is not model:
+            raise ValueError(f"these SamplerGraphs replay another {type(self.model).__name__}: "
+                             "keep one SamplerGraphs per model")
+        self.model = model
+        return self.entries.get(key)
 
 
 @torch.no_grad()
-def sample(model: nn.Module, n: int | None = None, generator: torch.Generator | None = None,
+def sample(model: AutoregressiveModel, n: int | None = None, generator: torch.Generator | None = None,
            device: torch.device | str | None = None, labels: torch.Tensor | None = None,
-           graphs: bool = True, warn=None) -> torch.Tensor:
-    """model.sample(...) -- on a CUDA device (with `graphs`) replayed as a CUDA graph.
+           graphs: SamplerGraphs | None = None) -> torch.Tensor:
+    """model.sample(...) -- on a CUDA device, with `graphs`, replayed as a CUDA graph kept
+    in it (None, or a CPU device: eager).
 
     A cached sampler launches tens of small kernels per subpixel; the launches, not the
     arithmetic, set its speed on a GPU. As its randomness is one tensor of uniform
@@ -250,19 +286,17 @@ def sample(model: nn.Module, n: int | None = None, generator: torch.Generator | 
     capture) costs about two eager runs; later ones (each epoch's sample grid) only a
     replay. If capturing fails, a warning says so and sampling stays eager.
     """
-    from pixelexp.models.base import Draws
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if labels is not None:
         labels = labels.to(device).long()
         n = len(labels) if n is None else n
-    if not graphs or device.type != "cuda":
+    if graphs is None or device.type != "cuda":
         return model.sample(n, generator=generator, device=device, labels=labels)
     u = torch.rand(model.sample_draws(), n, generator=generator, device=device)  # what Draws.of draws
-    graphs_of = model.__dict__.setdefault("_sampler_graphs", {})
     key = (n, labels is not None)
-    entry = graphs_of.get(key)
+    entry = graphs.get(model, key)
     if entry is None:
-        entry = graphs_of[key] = _capture_sampler(model, u, labels, device, warn)
+        entry = graphs.entries[key] = _capture_sampler(model, u, labels, device)
     if entry.graph is None:
         return model.sample(n, generator=Draws(u), device=device, labels=labels)
     entry.u.copy_(u)
@@ -272,60 +306,25 @@ def sample(model: nn.Module, n: int | None = None, generator: torch.Generator | 
     return entry.out.clone()
 
 
-def _capture_sampler(model, u, labels, device, warn) -> _SamplerGraph:
-    from pixelexp.models.base import Draws
-    entry = _SamplerGraph()
+def _capture_sampler(model: AutoregressiveModel, u: torch.Tensor, labels: torch.Tensor | None,
+                     device: torch.device) -> _SamplerGraph:
+    entry = _SamplerGraph(u=u.clone(), labels=None if labels is None else labels.clone())
     n = u.shape[1]
+    # Warm-up: lazy initializations happen outside the capture (its errors are the sampler's own).
+    on_side_stream(device, lambda: model.sample(n, generator=Draws(entry.u), device=device, labels=entry.labels))
+    graph = torch.cuda.CUDAGraph()
     try:
-        entry.u = u.clone()
-        entry.labels = None if labels is None else labels.clone()
-        # Warm-up: lazy initializations happen outside the capture.
-        on_side_stream(device, lambda: model.sample(n, generator=Draws(entry.u), device=device, labels=entry.labels))
-        graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             entry.out = model.sample(n, generator=Draws(entry.u), device=device, labels=entry.labels)
-        entry.graph = graph
-    except Exception as e:  # noqa: BLE001 - any capture failure: warn, sample eagerly
-        entry.graph = None
-        (warn or (lambda msg: print(msg, file=sys.stderr)))(
-            f"warning: CUDA graph capture of {type(model).__name__}.sample failed ({cause(e)}); "
-            "sampling stays eager")
+    except RuntimeError as e:
+        if not capture_failure(e):
+            raise
+        log.warning(f"CUDA graph capture of {type(model).__name__}.sample failed ({cause(e)}); "
+                    "sampling stays eager")
+        return entry
+    entry.graph = graph
     return entry
 
 
-_EAGER_ONLY = [False]
-
-
-@contextlib.contextmanager
-def eager_only():
-    """Within it, compiled functions run their eager versions (e.g. under a dispatch
-    mode such as FlopCounterMode, which compiled code would not see through)."""
-    _EAGER_ONLY[0] = True
-    try:
-        yield
-    finally:
-        _EAGER_ONLY[0] = False
-
-
-class _Fallback:
-    """Calls the compiled function; if compiling or running it fails, warns once and
-    calls the eager one from then on."""
-
-    def __init__(self, compiled, eager, warn):
-        self.compiled, self.eager, self.warn, self.failed = compiled, eager, warn, False
-
-    def __call__(self, *args, **kwargs):
-        if not self.failed and not _EAGER_ONLY[0]:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, keep training
-                self.failed = True
-                self.warn(f"warning: torch.compile failed ({cause(e)}); "
-                          f"training continues eager (set train.compile=off to skip the attempt)")
-        return self.eager(*args, **kwargs)
-
-    def __getattr__(self, name):  # .train(), .parameters(), ... of the eager module
-        return getattr(self.__dict__["eager"], name)
-
-
-__all__ = ["FastPaths", "PLAIN", "resolve", "autocast", "apply", "GradStep", "EvalStep", "sample"]
+__all__ = ["FastPaths", "PLAIN", "resolve", "autocast", "apply", "eager_only", "Fallback", "compiler_errors",
+           "GradStep", "EvalStep", "SamplerGraphs", "sample"]

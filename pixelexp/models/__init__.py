@@ -20,6 +20,7 @@ from pixelexp.models.gated_pixel_cnn import GatedPixelCNN
 from pixelexp.models.multiscale_pixel_rnn import MultiScalePixelRNN
 from pixelexp.models.pixel_cnn import PixelCNN
 from pixelexp.models.row_lstm import RowLSTMPixelRNN
+from pixelexp.nn.kernels.steps import RecurrentLayer
 
 MODELS: dict[str, type[AutoregressiveModel]] = {
     "pixel_cnn": PixelCNN,
@@ -82,13 +83,14 @@ IMPLS = ("fast", "plain", "triton")
 
 
 def set_impl(model, impl: str):
-    """Switch every recurrent layer between its fast scan, the plain reference loop
-    (nn/plain.py) and, for the Diagonal BiLSTM, the Triton kernels (nn/triton_scan.py):
-    the same parameters, the same function. Returns the model."""
+    """Switch every recurrent layer (`RecurrentLayer`) of a model or module between its
+    fast scan, the plain reference loop (nn/kernels/plain.py) and, for the Diagonal
+    BiLSTM, the Triton kernels (nn/kernels/triton_scan.py): the same parameters, the same
+    function. Returns the model."""
     if impl not in IMPLS:
         raise ConfigError(f"model.impl={impl!r}: choose one of {', '.join(IMPLS)}")
     for m in model.modules():
-        if hasattr(type(m), "impl"):
+        if isinstance(m, RecurrentLayer):
             m.impl = impl
     return model
 

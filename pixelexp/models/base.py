@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pixelexp.nn.kernels.steps import RecurrentLayer
 from pixelexp.nn.masked import MaskedConv2d
 
 
@@ -109,6 +110,11 @@ class AutoregressiveModel(nn.Module):
 
     def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def recurrent_layers(self) -> list[RecurrentLayer]:
+        """The layers whose scans run step functions they are handed (`RecurrentLayer`:
+        `kernels`, `use_kernels`), in module order; none in the convolutional models."""
+        return [m for m in self.modules() if isinstance(m, RecurrentLayer)]
 
     def generation_order(self) -> list[tuple[int, int, int]]:
         """Subpixels (c, i, j) in the order the model generates them: raster, then R, G, B."""

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pixelexp.nn.kernels import triton_scan
 from pixelexp.nn.kernels.plain import diagonal_bilstm_plain
 from pixelexp.nn.kernels.scan import EAGER, diagonal_indices, diagonal_scan, gather_rows
+from pixelexp.nn.kernels.steps import RecurrentLayer, ScanCells
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.row_cache import RowCache
 
@@ -51,13 +52,15 @@ def lstm_cell_into(g: torch.Tensor, c: torch.Tensor, c_out: torch.Tensor, h_out:
     torch.mul(o, torch.tanh(c_out), out=h_out)
 
 
-class DiagonalBiLSTM(nn.Module):
+class DiagonalBiLSTM(RecurrentLayer):
     """One Diagonal BiLSTM layer with a residual connection.
 
     (B, channels, H, W) -> (B, channels, H, W). The input-to-state map is a 1x1 mask-B
     convolution to the 4 gates of both directions; the LSTM has `hidden` units per
     direction; a 1x1 mask-B convolution maps the summed directions back to `channels`,
-    and the input is added when `use_residual`.
+    and the input is added when `use_residual`. Its scan runs `kernels`, the ScanCells
+    (cell_forward, cell_backward) of nn/kernels/scan.py: the eager ones, or those
+    handed over with `use_kernels` (fast.py compiles them).
 
     Args:
         channels: features of the input and output maps (2h in the paper).
@@ -90,9 +93,8 @@ class DiagonalBiLSTM(nn.Module):
         # Conditioning -> gates of both directions, unmasked: all of it is known already.
         self.cond_to_state = nn.Parameter(torch.empty(8 * hidden, cond_channels))
         nn.init.uniform_(self.cond_to_state, -(cond_channels or 1) ** -0.5, (cond_channels or 1) ** -0.5)
+        self.kernels: ScanCells = EAGER  # the scan's elementwise step functions
 
-    impl = "fast"  # or "plain" (the reference loop of nn/plain.py), "triton" (set by models.set_impl)
-    kernels = EAGER  # the scan's elementwise step functions (fast.py may compile them)
     row_shift = 1  # the right-to-left direction's output moves down this many rows (1: no leak)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,13 +21,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixelexp.nn.kernels.plain import row_lstm_plain
+from pixelexp.nn.kernels.steps import RecurrentLayer, RowStep
 from pixelexp.nn.lstm import lstm_cell, lstm_cell_into
 from pixelexp.nn.masked import MaskedConv2d, channel_groups
 from pixelexp.nn.row_cache import RowCache
 
 
-class RowLSTM(nn.Module):
+def row_step(g_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_state: torch.Tensor):
+    """One row: input gates (B, W, 4h), previous row's h and c (B, W, h) and the
+    state-to-state kernel (4h, h, k) -> new h, c. Pure: fast.py may compile it."""
+    pad = w_state.shape[-1] // 2
+    g = g_in + F.conv1d(h.transpose(1, 2), w_state, padding=pad).transpose(1, 2)  # (B, W, 4h)
+    return lstm_cell(g, c)
+
+
+EAGER = RowStep(step=row_step)
+
+
+class RowLSTM(RecurrentLayer):
     """One Row LSTM layer with a residual connection: (B, channels, H, W) -> same.
+    Its loop over rows runs `kernels.step` (`row_step`, or the compiled one handed over
+    with `use_kernels`).
 
     Args:
         channels: features of the input and output maps (2h).
@@ -51,8 +65,7 @@ class RowLSTM(nn.Module):
         self.output = MaskedConv2d(hidden, channels, 1, "B", image_channels, in_groups=unit_groups)
         with torch.no_grad():  # forget gates start open
             self.input_to_state.bias.view(4, hidden)[1].fill_(1.0)
-
-    impl = "fast"  # or "plain": the reference loop of nn/plain.py (set by models.set_impl)
+        self.kernels: RowStep = EAGER
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "plain":
@@ -62,21 +75,12 @@ class RowLSTM(nn.Module):
         h = c = x.new_zeros(B, W, self.hidden)
         rows = []
         w_state = self.state_to_state.weight  # (4h, h, k)
+        step = self.kernels.step
         for g_in in gates.unbind(0):  # H steps
-            h, c = self.scan_step(g_in, h, c, w_state)
+            h, c = step(g_in, h, c, w_state)
             rows.append(h)
         states = torch.stack(rows, dim=2).permute(0, 3, 2, 1)  # (B, h, H, W)
         return self.finish(x, states)
-
-    @staticmethod
-    def row_step(g_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_state: torch.Tensor):
-        """One row: input gates (B, W, 4h), previous row's h and c (B, W, h) and the
-        state-to-state kernel (4h, h, k) -> new h, c. (fast.py may compile it.)"""
-        pad = w_state.shape[-1] // 2
-        g = g_in + F.conv1d(h.transpose(1, 2), w_state, padding=pad).transpose(1, 2)  # (B, W, 4h)
-        return lstm_cell(g, c)
-
-    scan_step = row_step  # the attribute fast.py compiles, per layer class
 
     def finish(self, x: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         out = self.output(states)

@@ -17,12 +17,16 @@ from pathlib import Path
 import yaml
 
 from pixelexp.config import Config, config_from_dict, parse_overrides, resolve
+from pixelexp.console import log
 from pixelexp.data import load_data
 from pixelexp.engine import checkpoint, signals
+from pixelexp.engine.build import make_model
+from pixelexp.engine.metrics import chosen_line
+from pixelexp.engine.trainer import RunResult
 from pixelexp.errors import CheckpointError, UserError, first_line
-from pixelexp.runs import rundir, tracking
+from pixelexp.runs import provenance, rundir, tracking
 from pixelexp.runs.rundir import RunDir
-from pixelexp.runs.train import RunResult, check_resumable, chosen_line, make_model, preflight, run
+from pixelexp.runs.train import check_resumable, preflight, run
 
 
 def run_config(tracker: tracking.Tracker, run_id: str) -> Config:
@@ -85,40 +89,39 @@ def prepare(tracker: tracking.Tracker, run_id: str, cfg: Config,
     return ckpt
 
 
-def check_can_resume(tracker: tracking.Tracker, run_id: str):
+def check_can_resume(tracker: tracking.Tracker, run_id: str) -> tracking.RunInfo:
     """Hold the run for this process (atomic: of two resumes at once, one goes on and one
-    gets a line naming the other), then read its state -> its MLflow run: a run another
+    gets a line naming the other), then read its state -> the run: a run another
     process finished meanwhile is not resumed."""
     run_dir = RunDir.of(run_id)
     run_dir.claim()
     info = tracker.run_info(run_id)
-    if info.info.status == "FINISHED":
+    if info.status == "FINISHED":
         run_dir.release()
         raise UserError(f"run {run_id} has finished; `python -m pixelexp rerun {run_id}` starts a new run "
                         f"from its config")
     return info
 
 
-def resume_run(run_id: str, *, checkpoint_path: str | None = None, progress: bool = True,
-               echo=print) -> RunResult:
+def resume_run(run_id: str, *, checkpoint_path: str | None = None, progress: bool = True) -> RunResult:
     tracker = tracking.Tracker.of_run(run_id)
     info = check_can_resume(tracker, run_id)
     cfg = run_config(tracker, run_id)
     preflight(cfg)  # the machine can still hold it: checked before the run is reopened
     ckpt = prepare(tracker, run_id, cfg, checkpoint_path)
-    label = info.info.run_name or cfg.model.name
+    label = info.name or cfg.model.name
     signals.check(f"during start-up; run {run_id} was not touched")
-    echo(f"resuming run {run_id} ({label}) in {tracker.uri} from "
-         f"{ckpt.where if ckpt else 'the start (no checkpoint was written)'}")
-    log = tracker.reopen(run_id)
-    log.seed_from_store()
-    with log:
-        result = run(cfg, log, label=label, progress=progress, echo=echo, resume=ckpt)
-    echo(f"run {run_id} finished: {chosen_line(result.metrics)}")
+    log.info(f"resuming run {run_id} ({label}) in {tracker.uri} from "
+             f"{ckpt.where if ckpt else 'the start (no checkpoint was written)'}")
+    run_log = tracker.reopen(run_id)
+    run_log.seed_from_store()
+    with run_log:
+        result = run(cfg, run_log, label=label, progress=progress, resume=ckpt)
+    log.info(f"run {run_id} finished: {chosen_line(result.metrics)}")
     return result
 
 
-def rerun(run_id: str, overrides: list[str] | None = None, *, progress: bool = True, echo=print) -> str:
+def rerun(run_id: str, overrides: list[str] | None = None, *, progress: bool = True) -> str:
     """A new run (in the same MLflow experiment) from a run's exact config -> its id."""
     tracker = tracking.Tracker.of_run(run_id)
     info = tracker.run_info(run_id)
@@ -127,17 +130,17 @@ def rerun(run_id: str, overrides: list[str] | None = None, *, progress: bool = T
         cfg = resolve([cfg.flat(), parse_overrides(overrides)], [f"run {run_id} config", "command line"])
     preflight(cfg)
     signals.check("during start-up; nothing was written")
-    then, now = info.data.tags.get("git_commit"), tracking.git_state()["git_commit"]
+    then, now = info.tags.get("git_commit"), provenance.git_state()["git_commit"]
     if then and then != now:
-        echo(f"note: run {run_id} ran commit {then[:10]}, this checkout is {now[:10]}")
-    name = f"{info.info.run_name or cfg.model.name} (rerun)"
-    log = tracker.start_run(name, tags={"pixelexp.kind": "rerun", "pixelexp.rerun_of": run_id,
-                                        "pixelexp.overrides": " ".join(overrides or []) or "(none)"})
-    echo(f"rerun of {run_id}: new run {log.run_id} in {tracker.uri}")
-    with log:
-        result = run(cfg, log, label=name, progress=progress, echo=echo)
-    echo(f"run {log.run_id} finished: {chosen_line(result.metrics)}")
-    return log.run_id
+        log.info(f"note: run {run_id} ran commit {then[:10]}, this checkout is {now[:10]}")
+    name = f"{info.name or cfg.model.name} (rerun)"
+    run_log = tracker.start_run(name, tags={"pixelexp.kind": "rerun", "pixelexp.rerun_of": run_id,
+                                            "pixelexp.overrides": " ".join(overrides or []) or "(none)"})
+    log.info(f"rerun of {run_id}: new run {run_log.run_id} in {tracker.uri}")
+    with run_log:
+        result = run(cfg, run_log, label=name, progress=progress)
+    log.info(f"run {run_log.run_id} finished: {chosen_line(result.metrics)}")
+    return run_log.run_id
 
 
 __all__ = ["resume_run", "rerun", "run_config", "prepare", "check_can_resume"]

@@ -22,6 +22,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixelexp.engine.checkpoint import CheckpointDir
 from pixelexp.errors import UserError
 
 CONFIG = "config.yaml"  # the run's resolved config: in its folder, and its MLflow artifact
@@ -104,6 +105,10 @@ class RunDir:
     @property
     def best(self) -> Path:
         return self.checkpoints / BEST
+
+    def checkpoint_dir(self, keep: int = 2) -> CheckpointDir:
+        """Its checkpoints: the newest `keep` step files, and best.pt."""
+        return CheckpointDir(self.checkpoints, keep, best=self.best)
 
     @property
     def journal(self) -> Path:

@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixelexp.config import Experiment, load_experiment, yaml_path
+from pixelexp.console import log
 from pixelexp.engine import signals
 from pixelexp.engine.distributed import broadcast
 from pixelexp.engine.distributed import setup as setup_distributed
+from pixelexp.engine.metrics import chosen_line
+from pixelexp.engine.trainer import RunResult
 from pixelexp.errors import UserError
-from pixelexp.runs import tracking
+from pixelexp.runs import provenance, tracking
 from pixelexp.runs.rundir import RunDir
-from pixelexp.runs.train import RunResult, chosen_line, preflight, run
+from pixelexp.runs.train import preflight, run
 
 
 @dataclass
@@ -43,23 +46,24 @@ def check_variants(exp: Experiment) -> None:
         preflight(v.config)
 
 
-def find_unfinished(tracker, name: str, sha: str, overrides: str, world: int):
+def find_unfinished(tracker: tracking.Tracker, name: str, sha: str, overrides: str,
+                    world: int) -> tracking.RunInfo | None:
     """The newest parent run of this file content and overrides if it did not finish, held
     by this process from here on; a one-line error if another process runs it."""
-    for r in tracker.find_runs("tags.`pixelexp.kind` = 'experiment'"):
-        t = r.data.tags
+    for r in tracker.parent_runs():
+        t = r.tags
         if (t.get("pixelexp.experiment_sha"), t.get("pixelexp.overrides"), t.get("pixelexp.world_size")) \
                 != (sha, overrides, str(world)):
             continue
-        if r.info.status == "FINISHED":
+        if r.status == "FINISHED":
             return None
-        run_dir = RunDir.of(r.info.run_id)
+        run_dir = RunDir.of(r.run_id)
         owner = run_dir.holder()
         if owner:
             raise UserError(f"experiment {name} with these settings is running in process {owner} (parent run "
-                            f"{r.info.run_id}); wait for it to end, or add --fresh to start another parent run")
+                            f"{r.run_id}); wait for it to end, or add --fresh to start another parent run")
         run_dir.claim()  # atomic: of two continuations at once, one goes on
-        if tracker.run_info(r.info.run_id).info.status == "FINISHED":  # its process ended meanwhile
+        if tracker.run_info(r.run_id).status == "FINISHED":  # its process ended meanwhile
             run_dir.release()
             return None
         return r
@@ -67,7 +71,7 @@ def find_unfinished(tracker, name: str, sha: str, overrides: str, world: int):
 
 
 def run_experiment(path: str | Path, overrides: list[str] | None = None, *, report: bool = True,
-                   progress: bool = True, echo=print, fresh: bool = False) -> ExperimentResult:
+                   progress: bool = True, fresh: bool = False) -> ExperimentResult:
     overrides = list(overrides or [])
     exp = load_experiment(yaml_path(str(path), "experiments"), overrides)
     check_variants(exp)
@@ -76,17 +80,17 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
     if not ctx.main:  # torchrun: ranks > 0 train along, rank 0 alone tracks and reports
         for v in exp.variants:
             if not broadcast(None, ctx):  # rank 0 says whether this variant runs (or finished before)
-                run(v.config, None, label=v.name, progress=False, echo=lambda *a, **k: None)
+                run(v.config, None, label=v.name, progress=False)
         return ExperimentResult(exp, "", {}, {}, None, "")
     tracker = tracking.Tracker(exp.name)
-    git = tracking.git_state()
+    git = provenance.git_state()
     sha = hashlib.sha256(exp.path.read_bytes()).hexdigest()
     over = " ".join(overrides) or "(none)"
     found = None if fresh else find_unfinished(tracker, exp.name, sha, over, ctx.world)
     if found is not None:
-        parent = tracker.reopen(found.info.run_id)
-        echo(f"experiment {exp.name}: continuing parent run {parent.run_id} ({found.info.status}); "
-             f"`--fresh` starts a new one")
+        parent = tracker.reopen(found.run_id)
+        log.info(f"experiment {exp.name}: continuing parent run {parent.run_id} ({found.status}); "
+                 f"`--fresh` starts a new one")
     else:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         parent = tracker.start_run(f"{exp.name} {stamp}", tags={
@@ -95,29 +99,28 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
             **({"mlflow.note.content": exp.description} if exp.description else {})})
         parent.log_params({"variants": ",".join(v.name for v in exp.variants), "overrides": over})
         parent.log_text((exp.path.read_text()), f"experiment/{exp.path.name}")
-        echo(f"experiment {exp.name}: {len(exp.variants)} variants, MLflow store {tracker.uri}, "
-             f"parent run {parent.run_id}")
+        log.info(f"experiment {exp.name}: {len(exp.variants)} variants, MLflow store {tracker.uri}, "
+                 f"parent run {parent.run_id}")
     RunDir.of(parent.run_id).claim()
     previous = {}  # variant -> its newest child run, when continuing
     if found is not None:
         for c in tracker.child_runs(parent.run_id):  # oldest first: later ones win
-            previous[c["tags"].get("pixelexp.variant")] = c
+            previous[c.tags.get("pixelexp.variant")] = c
     child_ids, results = {}, {}
     with parent:
         for v in exp.variants:
             old = previous.get(v.name)
-            if broadcast(old is not None and old["status"] == "FINISHED", ctx):
-                echo(f"[{v.name}] finished before in run {old['run_id']}: not run again")
-                child_ids[v.name] = old["run_id"]
-                results[v.name] = RunResult(metrics=old["metrics"])
+            if broadcast(old is not None and old.status == "FINISHED", ctx):
+                log.info(f"[{v.name}] finished before in run {old.run_id}: not run again")
+                child_ids[v.name] = old.run_id
+                results[v.name] = RunResult(metrics=dict(old.metrics))
                 continue
             if old is not None:
                 from pixelexp.runs.resume import check_can_resume, prepare
-                check_can_resume(tracker, old["run_id"])
-                ckpt = prepare(tracker, old["run_id"], v.config)
-                echo(f"[{v.name}] resuming run {old['run_id']} from "
-                     f"{ckpt.where if ckpt else 'the start'}")
-                child = tracker.reopen(old["run_id"])
+                check_can_resume(tracker, old.run_id)
+                ckpt = prepare(tracker, old.run_id, v.config)
+                log.info(f"[{v.name}] resuming run {old.run_id} from {ckpt.where if ckpt else 'the start'}")
+                child = tracker.reopen(old.run_id)
                 child.seed_from_store()
             else:
                 ckpt = None
@@ -127,23 +130,23 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                     **{f"published.{k}": val for k, val in v.published.items()}})
             child_ids[v.name] = child.run_id
             with child:
-                results[v.name] = run(v.config, child, label=v.name, progress=progress, echo=echo, resume=ckpt)
+                results[v.name] = run(v.config, child, label=v.name, progress=progress, resume=ckpt)
     report_dir = None
     if report:
         from pixelexp.studies.report import make_report
         try:
             with signals.at_once():
-                report_dir = make_report(exp.name, parent_run_id=parent.run_id, echo=echo)
+                report_dir = make_report(exp.name, parent_run_id=parent.run_id)
         except KeyboardInterrupt:
             raise signals.interrupted(f"while writing reports/{exp.name}/ (every run finished; "
                                       f"`make report EXP={exp.name}` writes it)") from None
-    echo("")
-    echo(f"MLflow store:   {tracker.uri}")
-    echo(f"experiment:     {exp.name} (id {tracker.experiment_id})")
-    echo(f"parent run:     {parent.run_id}")
+    log.info("")
+    log.info(f"MLflow store:   {tracker.uri}")
+    log.info(f"experiment:     {exp.name} (id {tracker.experiment_id})")
+    log.info(f"parent run:     {parent.run_id}")
     for name, rid in child_ids.items():
-        echo(f"  {name:<20} {rid}  {chosen_line(results[name].metrics)}")
+        log.info(f"  {name:<20} {rid}  {chosen_line(results[name].metrics)}")
     if report_dir:
-        echo(f"report:         {report_dir}/report.md")
-    echo("browse it:      make ui   (then open http://127.0.0.1:5000)")
+        log.info(f"report:         {report_dir}/report.md")
+    log.info("browse it:      make ui   (then open http://127.0.0.1:5000)")
     return ExperimentResult(exp, parent.run_id, child_ids, results, report_dir, tracker.uri)

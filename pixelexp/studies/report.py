@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from pixelexp.console import log
 from pixelexp.errors import UserError, cause
 from pixelexp.runs import tracking
 
@@ -205,7 +207,7 @@ def _fmt(v, digits=4) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def write_markdown(path: Path, name: str, parent: dict, summary: pd.DataFrame, images: dict[str, str],
+def write_markdown(path: Path, name: str, parent: tracking.RunInfo, summary: pd.DataFrame, images: dict[str, str],
                    uri: str) -> None:
     nats = summary["test_nats"].notna().any()
     paper = [c for c in ("paper_test_bpd", "paper_test_nats") if c in summary and summary[c].notna().any()]
@@ -214,7 +216,7 @@ def write_markdown(path: Path, name: str, parent: dict, summary: pd.DataFrame, i
         + [{"paper_test_bpd": "paper bits/dim", "paper_test_nats": "paper nats"}[c] for c in paper] \
         + ["epochs", "hours", "images/s", "train/val/test images"]
     lines = [f"# {name}", "",
-             f"Parent run `{parent['run_id']}` ({parent['name']}, {parent['status']}) in `{uri}`.",
+             f"Parent run `{parent.run_id}` ({parent.name}, {parent.status}) in `{uri}`.",
              f"Data: {', '.join(sorted(set(map(str, summary['data_source']))))}. "
              "Bits/dim = nats per image / (subpixels x ln 2); nats per image is the paper's unit for "
              "binarized MNIST. Hours count training and evaluation, not sampling. Val and test numbers are "
@@ -263,21 +265,17 @@ def comparison_section(summary: pd.DataFrame) -> list[str]:
     return lines[:-1]
 
 
-def make_report(experiment: str, parent_run_id: str | None = None, out_dir: str | Path | None = None,
-                echo=print) -> Path:
+def make_report(experiment: str, parent_run_id: str | None = None, out_dir: str | Path | None = None) -> Path:
     tracker = tracking.Tracker(experiment, create=False)
-    parents = tracker.parent_runs()
-    if parents.empty:
+    parents = tracker.parent_runs()  # newest first
+    if not parents:
         raise UserError(f"experiment {experiment!r} has no experiment runs in {tracker.uri}; "
                         f"run `make experiment EXP={experiment}` first")
-    if parent_run_id is None:
-        parent = parents.iloc[0].to_dict()
-    elif parent_run_id in set(parents.run_id):
-        parent = parents[parents.run_id == parent_run_id].iloc[0].to_dict()
-    else:
+    parent = parents[0] if parent_run_id is None else next((p for p in parents if p.run_id == parent_run_id), None)
+    if parent is None:
         raise UserError(f"run {parent_run_id!r} is not an experiment run of {experiment!r}; "
                         f"leave it out to report the newest one")
-    runs = tracker.child_runs(parent["run_id"])
+    runs = [asdict(r) for r in tracker.child_runs(parent.run_id)]  # rows, as the tables below take them
     out = Path(out_dir or Path("reports") / experiment)
     out.mkdir(parents=True, exist_ok=True)
     curves = histories(runs, tracker.uri)
@@ -298,7 +296,7 @@ def make_report(experiment: str, parent_run_id: str | None = None, out_dir: str 
     summary = summarize(runs, curves)
     summary.to_csv(out / "summary.csv", index=False)
     write_markdown(out / "report.md", experiment, parent, summary, images, tracker.uri)
-    echo(f"report written to {out}/ ({len(runs)} variants)")
+    log.info(f"report written to {out}/ ({len(runs)} variants)")
     return out
 
 
@@ -319,9 +317,10 @@ SWEEP_PLOTS = {
 }
 
 
-def sweep_report(name: str, study=None, multi: bool = False, metrics=("val_bpd",), log=None,
-                 out_dir: str | Path | None = None, echo=print) -> Path:
-    """Optuna's plots and the trials table of a study -> reports/<sweep>/ (and the parent run)."""
+def sweep_report(name: str, study=None, multi: bool = False, metrics=("val_bpd",), run_log=None,
+                 out_dir: str | Path | None = None) -> Path:
+    """Optuna's plots and the trials table of a study -> reports/<sweep>/ (and to `run_log`, the
+    sweep's parent run, if given)."""
     import warnings
 
     import optuna.visualization.matplotlib as vis
@@ -348,12 +347,12 @@ def sweep_report(name: str, study=None, multi: bool = False, metrics=("val_bpd",
             fig.savefig(out / f"{key}.png", dpi=110)
             plt.close(fig)
             written.append(key)
-            if log is not None:
-                log.log_artifact(out / f"{key}.png", "optuna")
+            if run_log is not None:
+                run_log.log_artifact(out / f"{key}.png", "optuna")
         except Exception as e:  # noqa: BLE001 - too few trials for this plot, etc.
             skipped.append(f"{key} ({cause(e, 120)})")
-    if log is not None:
-        log.log_artifact(out / "trials.csv", "optuna")
+    if run_log is not None:
+        run_log.log_artifact(out / "trials.csv", "optuna")
     lines = [f"# sweep {name}", "", f"{len(study.trials)} trials. Study objective(s): {', '.join(metrics)}.", ""]
     if not multi and any(t.state.name == "COMPLETE" for t in study.trials):
         bt = study.best_trial
@@ -370,5 +369,5 @@ def sweep_report(name: str, study=None, multi: bool = False, metrics=("val_bpd",
     if skipped:
         lines += ["Not drawn: " + "; ".join(skipped), ""]
     (out / "report.md").write_text("\n".join(lines))
-    echo(f"sweep report written to {out}/")
+    log.info(f"sweep report written to {out}/")
     return out

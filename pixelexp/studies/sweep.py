@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -28,13 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pixelexp.config import (
-    resolve,
-)
+from pixelexp.config import resolve
+from pixelexp.console import log
 from pixelexp.engine import signals
 from pixelexp.errors import Interrupted, TrackingOutage, UserError
 from pixelexp.runs.rundir import process_alive, this_process
 from pixelexp.studies.sweep_file import Param, Sweep, load_sweep
+from pixelexp.studies.sweep_workers import run_workers
 
 
 def _optuna():
@@ -172,7 +169,7 @@ def close_dead_runs(tracker, trials: list) -> list:
     """The MLflow runs of trials whose worker died: KILLED, tagged as retried -> those trials."""
     for t in trials:
         run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id and tracker.has_run(run_id) and tracker.client.get_run(run_id).info.status == "RUNNING":
+        if run_id and tracker.status(run_id) == "RUNNING":
             tracker.set_tags(run_id, {"optuna.state": "failed (worker died; retried)"})
             tracker.set_terminated(run_id, "KILLED")
     return trials
@@ -192,13 +189,12 @@ def top_up(study, n_trials: int) -> int:
     return missing
 
 
-def work(sweep: Sweep, store: Store, tracker, parent_id: str, deadline: float | None, echo=print) -> int:
+def work(sweep: Sweep, store: Store, tracker, parent_id: str, deadline: float | None) -> int:
     """Run queued trials until none is left (or the deadline passes) -> trials run. A worker takes
     queued trials only (see `pixelexp.studies.optuna_compat`); each draws with its own seeded sampler."""
-    from pixelexp.runs.tracking import RunLog
     from pixelexp.studies.optuna_compat import claim_queued_trial, trial_object
     states = _optuna().trial.TrialState
-    parent = RunLog(tracker.client, parent_id, journal=False)  # workers share it: sent directly
+    parent = tracker.run_log(parent_id, journal=False)  # workers share it: sent directly
     me = this_process()
     done = 0
     while deadline is None or time.time() < deadline:
@@ -217,7 +213,7 @@ def work(sweep: Sweep, store: Store, tracker, parent_id: str, deadline: float | 
             store.study.sampler = make_sampler(sweep, trial_seed(sweep, number))
             trial = trial_object(store.study, trial_id)
             trial.set_user_attr(WORKER_ATTR, me)
-            run_trial(sweep, store.study, trial, tracker, parent, echo)
+            run_trial(sweep, store.study, trial, tracker, parent)
         done += 1
     return done
 
@@ -240,7 +236,7 @@ def _beating(store: Store, trial_id: int):
         stop.set()
 
 
-def run_trial(sweep: Sweep, study, trial, tracker, parent, echo) -> None:
+def run_trial(sweep: Sweep, study, trial, tracker, parent) -> None:
     """Train one trial's config in its own MLflow run, then tell the study how it ended. A
     crash or NaN fails the trial alone; an interrupt leaves it RUNNING, to be queued again."""
     optuna = _optuna()
@@ -261,24 +257,24 @@ def run_trial(sweep: Sweep, study, trial, tracker, parent, echo) -> None:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
     try:
-        result = run(cfg, child, label=f"trial {trial.number}", progress=False, echo=echo, on_epoch=on_epoch)
+        result = run(cfg, child, label=f"trial {trial.number}", progress=False, on_epoch=on_epoch)
     except optuna.TrialPruned:
         study.tell(trial, state=states.PRUNED)
         child.set_tags({"optuna.state": "pruned"})
         child.end("FINISHED")
-        echo(f"[trial {trial.number}] pruned")
+        log.info(f"[trial {trial.number}] pruned")
     except (Interrupted, KeyboardInterrupt):  # SIGTERM/SIGINT: the next `make sweep` queues it again
         child.set_tags({"optuna.state": "interrupted (queued again by the next run of the sweep)"})
         try:
             child.end("KILLED", wait=10)
         except TrackingOutage as e:
-            echo(f"warning: {e}")
+            log.warning(str(e))
         raise
     except Exception as e:  # noqa: BLE001 - a crash or NaN in one trial is recorded, not fatal
         study.tell(trial, state=states.FAIL)
         child.set_tags({"optuna.state": "failed", "pixelexp.error": f"{type(e).__name__}: {e}"})
         child.end("FAILED")
-        echo(f"[trial {trial.number}] failed: {type(e).__name__}: {e}")
+        log.info(f"[trial {trial.number}] failed: {type(e).__name__}: {e}")
     else:
         value = [result.metrics[m] for m in sweep.metrics]
         finite = all(math.isfinite(v) for v in value)
@@ -287,17 +283,9 @@ def run_trial(sweep: Sweep, study, trial, tracker, parent, echo) -> None:
         child.end("FINISHED")
 
 
-def _gpus() -> int:
-    try:
-        import torch
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001
-        return 0
-
-
 def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int = 1,
-              storage: str | None = None, report: bool = True, echo=print, n_trials: int | None = None) -> dict:
-    from pixelexp.runs import tracking
+              storage: str | None = None, report: bool = True, n_trials: int | None = None) -> dict:
+    from pixelexp.runs import provenance, tracking
     from pixelexp.runs.train import preflight
 
     overrides = list(overrides or [])
@@ -314,7 +302,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
     if parent_id is None or not tracker.has_run(parent_id):
         parent = tracker.start_run(f"sweep {sweep.name}", journal=False, tags={
             "pixelexp.kind": "sweep", "optuna.study": sweep.name, "optuna.storage": url,
-            "pixelexp.sweep_file": str(sweep.path), **tracking.git_state()})
+            "pixelexp.sweep_file": str(sweep.path), **provenance.git_state()})
         parent.log_params({"n_trials": sweep.n_trials, "metrics": ",".join(sweep.metrics),
                            "directions": ",".join(sweep.directions), "sampler": sweep.sampler.get("type", "tpe"),
                            "pruner": sweep.pruner.get("type", "median"),
@@ -326,44 +314,25 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
         tracker.reopen(parent_id, journal=False)
     retried = close_dead_runs(tracker, recover(store))
     added = top_up(store.study, sweep.n_trials)
-    echo(f"sweep {sweep.name}: study in {url}; {counted(store.study) - added} trials there before, {added} queued"
-         + (f", {len(retried)} retried after a dead worker" if retried else "")
-         + f"; MLflow parent run {parent_id}")
+    log.info(f"sweep {sweep.name}: study in {url}; {counted(store.study) - added} trials there before, "
+             f"{added} queued" + (f", {len(retried)} retried after a dead worker" if retried else "")
+             + f"; MLflow parent run {parent_id}")
     deadline = None if sweep.timeout is None else time.time() + sweep.timeout
     try:
         if workers <= 1:
-            work(sweep, store, tracker, parent_id, deadline, echo)
+            work(sweep, store, tracker, parent_id, deadline)
         else:
-            run_workers(sweep, overrides, workers, url, parent_id, echo)
+            run_workers(sweep, overrides, workers, url, parent_id)
             close_dead_runs(tracker, recover(store))  # a dead worker's trial is queued again: finish here
-            work(sweep, store, tracker, parent_id, deadline, echo)
+            work(sweep, store, tracker, parent_id, deadline)
     except (Interrupted, KeyboardInterrupt) as e:  # the next run of the same command goes on with the study
         try:
             tracker.set_tags(parent_id, {"pixelexp.killed_by": str(e) or type(e).__name__})
             tracker.set_terminated(parent_id, "KILLED")
         except Exception as outage:  # noqa: BLE001 - the store is away: the signal's line matters more
-            echo(f"warning: the sweep's parent run {parent_id} could not be marked KILLED "
-                 f"({type(outage).__name__})")
+            log.warning(f"the sweep's parent run {parent_id} could not be marked KILLED ({type(outage).__name__})")
         raise
-    return finish(sweep, store.study, tracker, parent_id, url, report, echo)
-
-
-def run_workers(sweep: Sweep, overrides: list[str], workers: int, url: str, parent_id: str, echo) -> None:
-    gpus = _gpus()
-    procs = []
-    for k in range(workers):
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)  # one worker per GPU
-        # Share the CPU cores: N workers x all cores each would oversubscribe them badly.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-        cmd = [sys.executable, "-m", "pixelexp", "sweep", str(sweep.path), *overrides,
-               "--worker", "--storage", url, "--parent", parent_id]
-        procs.append(subprocess.Popen(cmd, env=env))
-    echo(f"{workers} workers started (pids {', '.join(str(p.pid) for p in procs)})")
-    for p in procs:
-        if p.wait() != 0:
-            echo(f"worker {p.pid} ended with exit code {p.returncode}; its trial is queued again")
+    return finish(sweep, store.study, tracker, parent_id, url, report)
 
 
 def worker_main(path: str, overrides: list[str], url: str, parent_id: str) -> None:
@@ -373,10 +342,9 @@ def worker_main(path: str, overrides: list[str], url: str, parent_id: str) -> No
     work(sweep, open_store(sweep, url), tracking.Tracker(f"sweep-{sweep.name}"), parent_id, deadline)
 
 
-def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool, echo) -> dict:
-    from pixelexp.runs.tracking import RunLog
+def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool) -> dict:
     states = _optuna().trial.TrialState
-    parent = RunLog(tracker.client, parent_id, journal=False)  # workers share it: sent directly
+    parent = tracker.run_log(parent_id, journal=False)  # workers share it: sent directly
     trials = study.get_trials(deepcopy=False)
     summary = {s.name.lower(): sum(t.state == s for t in trials) for s in states}
     parent.log_metrics({f"trials_{k}": v for k, v in summary.items()}, step=0)
@@ -397,23 +365,23 @@ def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool,
         try:
             with signals.at_once():
                 report_dir = sweep_report(sweep.name, study=study, multi=sweep.multi, metrics=sweep.metrics,
-                                          log=parent)
+                                          run_log=parent)
         except KeyboardInterrupt:
             parent.end("KILLED")
             raise signals.interrupted(f"while writing reports/{sweep.name}/ (every trial finished; the same "
                                       f"command writes it)") from None
     parent.end("FINISHED")
-    echo("")
-    echo(f"study:        {sweep.name} in {url}")
-    echo("trials:       " + ", ".join(f"{v} {k}" for k, v in summary.items() if v))
+    log.info("")
+    log.info(f"study:        {sweep.name} in {url}")
+    log.info("trials:       " + ", ".join(f"{v} {k}" for k, v in summary.items() if v))
     if "best_value" in best:
-        echo(f"best:         trial {best['best_trial']}, {sweep.metrics[0]} = {best['best_value']:.4f}, "
-             f"{best['best_params']}")
+        log.info(f"best:         trial {best['best_trial']}, {sweep.metrics[0]} = {best['best_value']:.4f}, "
+                 f"{best['best_params']}")
     elif best:
-        echo(f"Pareto front: trials {best['pareto_trials']}")
-    echo(f"MLflow:       {tracker.uri}, experiment sweep-{sweep.name}, parent run {parent_id}")
+        log.info(f"Pareto front: trials {best['pareto_trials']}")
+    log.info(f"MLflow:       {tracker.uri}, experiment sweep-{sweep.name}, parent run {parent_id}")
     if report_dir:
-        echo(f"report:       {report_dir}/report.md")
+        log.info(f"report:       {report_dir}/report.md")
     return {"study": study, "parent_run_id": parent_id, "summary": summary, **best}
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from pixelexp.config import DataConfig, load_experiment, yaml_path
+from pixelexp.console import log
 from pixelexp.engine import fast
 from pixelexp.errors import UserError
 from pixelexp.models import build_model, set_impl
@@ -107,7 +108,7 @@ def step_flops(model, x, paths, device, from_one_image: bool = False) -> float:
     counted on its first image and scaled to the batch (exact for the plain models, which
     are linear in it, and what their step at batch 100 costs on a CPU: seconds)."""
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter, fast.eager_only():
+    with FlopCounterMode(display=False) as counter, fast.eager_only(model):
         with fast.autocast(paths, device):
             loss = -model.log_prob(x[:1] if from_one_image else x).float().mean()
         loss.backward()
@@ -183,20 +184,22 @@ def naive_sample_rate(model, n: int, device, rows: int | None) -> float:
 def fast_sample_rate(model, n: int, device, graphs: bool) -> tuple[float, float]:
     """(images/s of the fast sampler, seconds of its first call). On a GPU: the best of
     two calls after that first one (with `graphs` the first call captures the CUDA graph
-    that the others replay: `fast.sample`). On a CPU nothing is warmed up or captured,
-    and the first call is the timing."""
+    that the others replay: `fast.sample` with one `fast.SamplerGraphs`). On a CPU
+    nothing is warmed up or captured, and the first call is the timing."""
+    kept = fast.SamplerGraphs() if graphs else None
+
     def run():
         g = torch.Generator(device=device).manual_seed(0)
         sync(device)
         t = time.perf_counter()
-        fast.sample(model, n, generator=g, device=device, graphs=graphs)
+        fast.sample(model, n, generator=g, device=device, graphs=kept)
         sync(device)
         return time.perf_counter() - t
     first = run()
     return (n / min(run(), run()) if device.type == "cuda" else n / first), first
 
 
-def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_: str, echo,
+def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_: str,
                sample: bool = True, sample_n: int | None = None, graphs: str = "auto", impl: str = "fast") -> dict:
     reps = 3 if quick else 5
     row: dict = {"model": case.model, "setting": case.setting, "image": case.image, "batch": case.batch,
@@ -240,7 +243,7 @@ def bench_case(case: Case, hp: dict, device, quick: bool, peaks: dict, compile_:
         * row["plain_train_ips"] / case.batch / 1e12
     row["tflops_ratio"] = row["train_tflops"] / row["plain_train_tflops"]
     del plain
-    echo(f"  {case.model:<16} [{case.setting}] {case.image:<10} b{case.batch:<5} {case.precision}: "
+    log.info(f"  {case.model:<16} [{case.setting}] {case.image:<10} b{case.batch:<5} {case.precision}: "
          f"train {row['train_ips']:9.1f} img/s ({row['train_ratio']:.2f}x plain), "
          f"eval {row['eval_ips']:9.1f} ({row['eval_ratio']:.2f}x)"
          + (f", sample {row['sample_ips']:.1f} ({row['sample_ratio']:.1f}x naive)" if "sample_ips" in row else ""))
@@ -263,10 +266,9 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
               models: tuple[str, ...] = MODELS, compile_: str = "auto", command: str | None = None,
               batches: tuple[int, ...] | None = None, precisions: tuple[str, ...] | None = None,
               images: tuple[str, ...] | None = None, sets: tuple[int, ...] | None = None,
-              sample_n: int | None = None, graphs: str = "auto", sample: bool = True, impl: str = "fast",
-              echo=print) -> dict:
+              sample_n: int | None = None, graphs: str = "auto", sample: bool = True, impl: str = "fast") -> dict:
     """Each of batches/precisions/images/sets, when given, replaces the default list."""
-    from pixelexp.runs.train import pick_device
+    from pixelexp.engine.build import pick_device
     dev = pick_device(device)
     gpu = dev.type == "cuda"
     hp = settings()
@@ -284,7 +286,7 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
     peaks = {"fp32": peak_flops(dev, torch.float32, quick)}
     if "bf16" in precisions:
         peaks["bf16"] = peak_flops(dev, torch.bfloat16, quick)
-    echo(f"bench on {device_name(dev)} ({dev}), torch {torch.__version__}; measured matmul peak "
+    log.info(f"bench on {device_name(dev)} ({dev}), torch {torch.__version__}; measured matmul peak "
          f"{peaks['fp32'] / 1e12:.2f} TFLOP/s fp32" + (f", {peaks['bf16'] / 1e12:.2f} bf16" if "bf16" in peaks else ""))
     rows = []
     result = {"device": device_name(dev), "device_type": dev.type, "torch": str(torch.__version__),
@@ -300,11 +302,11 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | Path = "repo
                 for b in batches:
                     for p in precisions:
                         rows.append(bench_case(Case(name, s, image, b, p), hp[s], dev, quick, peaks, compile_,
-                                               echo, sample=sample and b == batches[0], sample_n=sample_n,
+                                               sample=sample and b == batches[0], sample_n=sample_n,
                                                graphs=graphs, impl=impl))
                         result["seconds"] = round(time.perf_counter() - t0, 1)
                         write(result, out / stem)  # after every case: a cut-short run keeps what it measured
-    echo(f"bench: {len(rows)} cases in {result['seconds']:.0f} s -> {out / stem}.json, {out / stem}.md")
+    log.info(f"bench: {len(rows)} cases in {result['seconds']:.0f} s -> {out / stem}.json, {out / stem}.md")
     return result
 
 

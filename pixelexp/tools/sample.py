@@ -5,11 +5,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from pixelexp.console import log
 from pixelexp.engine import checkpoint
+from pixelexp.engine.build import make_model, pick_device
+from pixelexp.engine.callbacks import draw_samples
 from pixelexp.errors import CheckpointError, UserError, first_line
 from pixelexp.images import save_png, to_grid, upscale
 from pixelexp.runs import rundir, tracking
-from pixelexp.runs.train import checkpoint_config, draw_samples, make_model, pick_device
+from pixelexp.runs.train import checkpoint_config
 
 # The checkpoint a run reports (its best validation NLL); else its newest.
 CHECKPOINT_ARTIFACTS = (rundir.BEST_ARTIFACT, rundir.LAST_ARTIFACT)
@@ -29,7 +32,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
 
 
 def sample_run(run_id: str, n: int = 64, out: str | Path | None = None, seed: int = 0,
-               device: str = "auto", echo=print) -> Path:
+               device: str = "auto") -> Path:
     dev = pick_device(device)
     with tempfile.TemporaryDirectory() as tmp:
         for i, artifact in enumerate(CHECKPOINT_ARTIFACTS):
@@ -43,5 +46,5 @@ def sample_run(run_id: str, n: int = 64, out: str | Path | None = None, seed: in
     images = draw_samples(model, n, seed, dev, ckpt.num_classes)
     out = Path(out or Path("reports") / "samples" / f"{run_id}.png")
     save_png(upscale(to_grid(images, model.levels), 3), out)
-    echo(f"{n} samples of run {run_id} ({cfg.model.name}, epoch {ckpt.epoch}) written to {out}")
+    log.info(f"{n} samples of run {run_id} ({cfg.model.name}, epoch {ckpt.epoch}) written to {out}")
     return out

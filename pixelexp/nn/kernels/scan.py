@@ -4,7 +4,8 @@ Autograd through a Python loop records ~25 small operations per diagonal and, in
 backward pass, multiplies per step by the weights twice (once for the state, once for
 the weight gradient). Here each diagonal costs one matmul and one elementwise
 function forward (`cell_forward`), and one elementwise function and one matmul
-backward (`cell_backward`); fast.py compiles the two functions into one kernel each.
+backward (`cell_backward`): the layer's `ScanCells`, which fast.py compiles into one
+kernel each.
 Every weight gradient is one large matmul over all diagonals at the end.
 
 The input-to-state gates of every diagonal come in precomputed (the layer computes
@@ -40,6 +41,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from pixelexp.nn.kernels.steps import ScanCells
+
 
 def cell_forward(g: torch.Tensor, c_prev: torch.Tensor, H: int):
     """One diagonal's gate pre-activations g (2, B*H, 4h) and c_{t-1} (2, B*H, h) ->
@@ -72,7 +75,7 @@ def cell_backward(d_out: torch.Tensor, dz: torch.Tensor, dc: torch.Tensor, a: to
     return dg, dc * f
 
 
-EAGER = (cell_forward, cell_backward)
+EAGER = ScanCells(forward=cell_forward, backward=cell_backward)
 
 
 class DiagonalIndices(NamedTuple):
@@ -146,7 +149,7 @@ def diagonal_indices(B: int, H: int, W: int, device: torch.device, shift: int = 
 class DiagonalScan(torch.autograd.Function):
     """(x_gates (2, P, B*H, 4h), w_state (2, 2h, 4h), H, kernels) -> a table of every
     state, (2*P*B*H + 1, h), whose last row is zeros (what a gather reads for "no
-    state"). `kernels` = (cell_forward, cell_backward), eager or compiled."""
+    state"). `kernels`: the ScanCells (cell_forward, cell_backward), eager or compiled."""
 
     @staticmethod
     def forward(ctx, x_gates, w_state, H, kernels):
@@ -167,8 +170,8 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _forward(ctx, x_gates, w_state, H, kernels):
-    forward = kernels[0]
+def _forward(ctx, x_gates, w_state, H, kernels: ScanCells):
+    forward = kernels.forward
     _, P, BH, _ = x_gates.shape
     hd = w_state.shape[1] // 2
     zs = x_gates.new_zeros(2, BH, 2 * hd)  # [h | h of the row above] before the first diagonal
@@ -192,7 +195,7 @@ def _forward(ctx, x_gates, w_state, H, kernels):
 
 
 def _backward(ctx, d_table):
-    backward = ctx.kernels[1]
+    backward = ctx.kernels.backward
     w_state, *rest = ctx.saved_tensors
     P, H = ctx.P, ctx.H
     acts, cs, tcs, zss = (rest[i * P:(i + 1) * P] for i in range(4))
@@ -225,7 +228,7 @@ def state_weight_grad(zs: torch.Tensor, dg: torch.Tensor, chunk: int = 1024) -> 
     return parts.view(2, P * s, k, -1).sum(1)
 
 
-def diagonal_scan(x_gates: torch.Tensor, w_state: torch.Tensor, H: int, kernels=EAGER) -> torch.Tensor:
+def diagonal_scan(x_gates: torch.Tensor, w_state: torch.Tensor, H: int, kernels: ScanCells = EAGER) -> torch.Tensor:
     """States of both directions: input gates x_gates (2, P, B*H, 4h) (zero at the skew's
     padding) and w_state = [w_left; w_above] (2, 2h, 4h) -> a table (2*P*B*H + 1, h) of
     the states of every (direction, diagonal, row), in that order, and a zero row."""

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from pixelexp.console import log
+
 try:
     import triton
     import triton.language as tl
@@ -54,11 +56,10 @@ _warned = set()
 
 def warn_unavailable(hidden: int, device: torch.device) -> None:
     """Once per reason: model.impl=triton was asked for and the PyTorch scan runs instead."""
-    import sys
     why = unavailable(hidden, device)
     if why not in _warned:
         _warned.add(why)
-        print(f"warning: model.impl=triton: {why}; the Diagonal BiLSTM uses the fast PyTorch scan", file=sys.stderr)
+        log.warning(f"model.impl=triton: {why}; the Diagonal BiLSTM uses the fast PyTorch scan")
 
 
 if triton is not None:
