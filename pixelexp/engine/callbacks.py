@@ -54,12 +54,12 @@ def draw_samples(model: AutoregressiveModel, n: int, seed: int, device, num_clas
 
 class SampleGrids(Callback):
     """Draws `count` samples at the end of every `every`-th epoch and of the last one
-    (rank 0 only), and hands them to `sink(epoch, images)` (a tracker's image log)."""
+    (rank 0 only), keeps the last in `trainer.samples` and hands each to
+    `sink(epoch, images)` (a tracker's image log)."""
 
     def __init__(self, count: int, every: int, seed: int,
                  sink: Callable[[int, torch.Tensor], None] | None = None):
         self.count, self.every, self.seed, self.sink = count, every, seed, sink
-        self.last: torch.Tensor | None = None
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         last = epoch == trainer.cfg.train.epochs
@@ -71,10 +71,10 @@ class SampleGrids(Callback):
         # barrier) nor within a CUDA graph's capture or replay (seconds at most).
         at_once = not trainer.ctx.active and trainer.sampler_graphs is None
         with signals.at_once() if at_once else contextlib.nullcontext():
-            self.last = draw_samples(trainer.model, self.count, self.seed, trainer.device,
-                                     trainer.data.num_classes, graphs=trainer.sampler_graphs)
+            images = trainer.samples = draw_samples(trainer.model, self.count, self.seed, trainer.device,
+                                                    trainer.data.num_classes, graphs=trainer.sampler_graphs)
         if self.sink is not None:
-            self.sink(epoch, self.last)
+            self.sink(epoch, images)
         log.info(f"[{trainer.label}] {self.count} samples in {time.perf_counter() - t0:.1f} s")
 
 

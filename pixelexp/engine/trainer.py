@@ -40,7 +40,7 @@ from pixelexp.console import log
 from pixelexp.data import DataSplits
 from pixelexp.engine import checkpoint, fast, signals
 from pixelexp.engine.build import make_optimizer, make_scheduler
-from pixelexp.engine.callbacks import Callback, SampleGrids
+from pixelexp.engine.callbacks import Callback
 from pixelexp.engine.distributed import Dist, all_sum, barrier
 from pixelexp.engine.distributed import wrap as wrap_ddp
 from pixelexp.engine.metrics import LN2, StopEval, bits_per_dim, evaluate, selected
@@ -113,6 +113,7 @@ class Trainer:
         self.data_rng: torch.Tensor | None = None  # its state to resume within an epoch
         self.last_checkpoint = time.monotonic()
         self.written: Path | None = None
+        self.samples: torch.Tensor | None = None  # the last grid a callback drew
 
     # ------------------------------------------------------------------ the fit
 
@@ -131,7 +132,7 @@ class Trainer:
         except NonFiniteLoss as e:
             self._call("on_nonfinite", e)
             raise
-        result.samples = next((c.last for c in self.callbacks if isinstance(c, SampleGrids)), None)
+        result.samples = self.samples
         result.checkpoint = self.written
         return result
 
