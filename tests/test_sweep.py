@@ -216,3 +216,30 @@ def test_multi_objective_sweep_reports_a_pareto_front(env, tmp_path):
     front = {int(n) for n in parent.data.tags["pareto_front"].split(",")}
     assert front and front <= {t.number for t in trials}
     assert (tmp_path / "reports" / "tiny" / "pareto_front.png").is_file()
+
+
+def test_a_storage_created_by_another_process_meanwhile_is_opened(tmp_path, monkeypatch):
+    """Two processes that create one new study database at once: the second's insert of
+    the schema version fails (a duplicate row); it opens the tables the first made."""
+    import sqlalchemy.exc
+
+    from pixelexp.errors import UserError
+    from pixelexp.studies import sweep as sweep_mod
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:
+            real(url, **kw)  # the other process wins the race...
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception(
+                "UNIQUE constraint failed: alembic_version.version_num"))  # ...and this one's insert fails
+        return real(url, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = sweep_mod.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert isinstance(storage, real) and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda url, **kw: (_ for _ in ()).throw(
+        sqlalchemy.exc.OperationalError("connect", {}, Exception("could not connect to server"))))
+    with pytest.raises(UserError, match="cannot be opened"):  # other errors are still one line at once
+        sweep_mod.open_storage("postgresql://nobody@127.0.0.1:1/none")

@@ -94,11 +94,22 @@ def open_storage(url: str, heartbeat: float = 30.0):
     beats = {} if url.startswith("sqlite") else dict(
         heartbeat_interval=max(1, int(heartbeat)), grace_period=max(2, int(2 * heartbeat)),
         heartbeat_stale_trial_callback=requeue)
-    try:
-        return optuna.storages.RDBStorage(url, **beats)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"Optuna storage {url} cannot be opened ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]}); check the sweep's storage") from None
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(url, **beats)
+        except Exception as e:  # noqa: BLE001
+            if attempt < 3 and created_meanwhile(e):
+                time.sleep(0.5 * (attempt + 1))  # the other process's tables are there now: open them
+                continue
+            raise UserError(f"Optuna storage {url} cannot be opened ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160]}); check the sweep's storage") from None
+
+
+def created_meanwhile(error: Exception) -> bool:
+    """Whether opening a new database failed because another process (a second worker, a
+    reader) created its tables at the same moment: a duplicate row or table."""
+    text = f"{type(error).__name__} {error}".lower()
+    return "integrityerror" in text or "already exists" in text or "duplicate" in text
 
 
 @dataclass(frozen=True)
