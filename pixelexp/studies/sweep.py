@@ -28,7 +28,7 @@ from typing import Any
 from pixelexp.config import resolve
 from pixelexp.console import log
 from pixelexp.engine import signals
-from pixelexp.errors import Interrupted, TrackingOutage, UserError
+from pixelexp.errors import Interrupted, TrackingOutage, UserError, cause
 from pixelexp.runs.rundir import process_alive, this_process
 from pixelexp.studies.sweep_file import Param, Sweep, load_sweep
 from pixelexp.studies.sweep_workers import run_workers
@@ -101,8 +101,8 @@ def open_storage(url: str, heartbeat: float = 30.0):
             if attempt < 3 and created_meanwhile(e):
                 time.sleep(0.5 * (attempt + 1))  # the other process's tables are there now: open them
                 continue
-            raise UserError(f"Optuna storage {url} cannot be opened ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160]}); check the sweep's storage") from None
+            raise UserError(f"Optuna storage {url} cannot be opened ({cause(e)}); "
+                            f"check the sweep's storage") from None
 
 
 def created_meanwhile(error: Exception) -> bool:
