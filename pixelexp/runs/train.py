@@ -32,7 +32,7 @@ from pixelexp.engine.build import (
 from pixelexp.engine.callbacks import (
     Callback,
     EachEpoch,
-    SampleGrids,  # TEMP re-export
+    SampleGrids,
 )
 from pixelexp.engine.distributed import broadcast
 from pixelexp.engine.distributed import setup as setup_distributed
