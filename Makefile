@@ -14,7 +14,7 @@ ARGS ?=
 RUN ?=
 N ?= 64
 PYTEST_ARGS ?=
-MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+PORT ?= 5000
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lint test experiment smoke sweep report sample resume rerun bench ui clean
@@ -68,8 +68,8 @@ rerun: $(STAMP) ## start a new run from exactly the config of run RUN: make reru
 bench: $(STAMP) ## time every model, fast paths vs plain, into reports/bench/<device>.{json,md} [ARGS=--quick]
 	$(PY) -m pixelexp bench $(ARGS)
 
-ui: $(STAMP) ## serve the MLflow UI for the store on http://127.0.0.1:5000
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+ui: $(STAMP) ## serve the MLflow UI of the store; prints each experiment's chart view [PORT=5000]
+	$(PY) -m pixelexp ui --port $(PORT)
 
 clean: ## remove caches (keeps .venv, mlflow.db, mlartifacts/ and reports/)
 	rm -rf .pytest_cache $$(find . -name __pycache__ -not -path './.venv/*')

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "8 with --quick)")
     b.set_defaults(func=cmd_bench)
 
+    u = sub.add_parser("ui", help="serve the MLflow UI of the store; print each experiment's chart view")
+    u.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    u.add_argument("--port", type=int, default=None, help="port (default 5000, or PIXELEXP_UI_PORT)")
+    u.set_defaults(func=cmd_ui)
+
     f = sub.add_parser("receptive-field", help="picture which inputs reach one pixel (from gradients)")
     f.add_argument("model", help="model name, e.g. pixel_cnn, gated_pixel_cnn, diagonal_bilstm")
     f.add_argument("--pixel", default=None, help="i,j of the pixel (default: the centre)")
@@ -208,6 +213,7 @@ def cmd_train(args) -> None:
         run(cfg, None, label=cfg.model.name, progress=False)
         return
     tracker = tracking.Tracker(args.experiment)
+    tracker.describe(epochs=cfg.train.epochs)
     run_log = tracker.start_run(f"{cfg.model.name}", tags={"pixelexp.kind": "train"})
     log.info(f"run {run_log.run_id} in {tracker.uri} (experiment {args.experiment})")
     with run_log:
@@ -304,6 +310,14 @@ def cmd_bench(args) -> None:
               precisions=_listed(args.precisions, {"fp32": "fp32", "bf16": "bf16"}, "--precisions"),
               images=_listed(args.images, {"gray28": "28x28 gray", "rgb32": "32x32 rgb"}, "--images"),
               sets=_listed(args.settings, {"1": 1, "2": 2}, "--settings"), sample_n=args.sample_n)
+
+
+def cmd_ui(args) -> None:
+    """Serve the MLflow UI until stopped, with the address of each experiment's chart view."""
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UserError(f"ui --port must be a port number (1-65535), got {args.port}")
+    from pixelexp.tools.ui import serve
+    serve(args.host, args.port)
 
 
 def cmd_resume(args) -> None:

@@ -28,9 +28,10 @@ def test_two_gloo_processes_match_one_process(tracking, mnist10k, tmp_path, monk
     single = client.search_runs([client.get_experiment_by_name("single").experiment_id])
     ddp = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert len(ddp) == 1 and ddp[0].info.status == "FINISHED"  # rank 0 alone logs
-    for key in ("train_bpd", "val_bpd", "test_bpd"):
-        a = [m.value for m in client.get_metric_history(single[0].info.run_id, key)]
-        b = [m.value for m in client.get_metric_history(ddp[0].info.run_id, key)]
-        assert len(a) == len(b) == 2
-        assert b == pytest.approx(a, rel=1e-5), key
+    steps = {"train_bpd": [1, 2], "val_bpd": [0, 1, 2], "test_bpd": [1, 2]}  # step 0: the untrained model
+    for key, want in steps.items():
+        a = sorted((m.step, m.value) for m in client.get_metric_history(single[0].info.run_id, key))
+        b = sorted((m.step, m.value) for m in client.get_metric_history(ddp[0].info.run_id, key))
+        assert [s for s, _ in a] == [s for s, _ in b] == want, key
+        assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-5), key
     assert {a.path for a in client.list_artifacts(ddp[0].info.run_id)} >= {"checkpoints", "images"}

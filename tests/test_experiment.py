@@ -1,5 +1,6 @@
 """End to end: an experiment file -> MLflow parent and child runs -> report -> samples."""
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ FAST = ["data.train_limit=60", "data.val_size=30", "data.test_limit=30", "model.
         "track.sample_count=4", "track.sample_every=1"]
 EPOCH_METRICS = ["train_bpd", "val_bpd", "test_bpd", "train_nats", "val_nats", "test_nats",
                  "epoch_seconds", "elapsed_hours", "lr", "images_per_second"]
+UNTRAINED = ["val_bpd", "val_nats", "elapsed_hours"]  # logged at step 0 too
 
 
 @pytest.fixture
@@ -33,6 +35,10 @@ def runs_of(client, experiment="smoke"):
 def test_experiment_tracks_every_variant_and_writes_the_report(store, tmp_path, capsys):
     assert main(["experiment", SMOKE, "--quiet", *FAST]) == 0
     out = capsys.readouterr().out
+    # the whole study's progress: a first estimate, then which variant of how many and the time left
+    assert "study: 2 variants, roughly" in out and "on this machine" in out
+    assert "study: variant 1/2 (pixel_rnn) epoch 1/2; 1/4 epochs in" in out
+    assert "study: variant 2/2 (pixel_cnn) epoch 2/2; 4/4 epochs in" in out and "left" in out
     runs = runs_of(store)
     parents = [r for r in runs if r.data.tags.get("pixelexp.kind") == "experiment"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
@@ -46,7 +52,17 @@ def test_experiment_tracks_every_variant_and_writes_the_report(store, tmp_path, 
         assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
         for key in EPOCH_METRICS:
             hist = store.get_metric_history(rid, key)
-            assert sorted(m.step for m in hist) == [1, 2], key
+            # the untrained model's validation NLL at step 0: curves start at the origin
+            assert sorted(m.step for m in hist) == ([0, 1, 2] if key in UNTRAINED else [1, 2]), key
+        untrained = {k: store.get_metric_history(rid, k)[0] for k in UNTRAINED}
+        assert untrained["elapsed_hours"].value == 0 and untrained["val_bpd"].step == 0
+        assert untrained["val_bpd"].value > store.get_metric_history(rid, "val_bpd")[-1].value  # training helped
+        assert untrained["val_nats"].value == pytest.approx(untrained["val_bpd"].value * 784 * math.log(2))
+        assert c.data.tags["pixelexp.label"] == c.info.run_name  # the chart view's groups
+        assert c.data.tags["mlflow.note.content"].startswith(f"variant {c.info.run_name} of experiment smoke: "
+                                                           f"model.name={c.info.run_name}")
+        arts = {a.path for a in store.list_artifacts(rid, "samples")}
+        assert arts == {"samples/epoch-001.png", "samples/epoch-002.png"}  # readable sample grids
         # the flattened config, overrides applied
         assert c.data.params["model.hidden_dims"] == "4" and c.data.params["train.epochs"] == "2"
         assert c.data.params["data.train_limit"] == "60" and int(c.data.params["n_parameters"]) > 0

@@ -72,8 +72,8 @@ def test_two_resumes_of_one_run_at_once_one_trains_the_other_is_refused(tmp_path
     one_line(err, f"run {run_id} is running in process", "kill -TERM")
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert c.get_run(run_id).info.status == "FINISHED"
-    for key in ("val_bpd", "train_bpd"):  # logged once each: nobody trained twice
-        assert sorted(m.step for m in c.get_metric_history(run_id, key)) == [1, 2, 3], key
+    for key, steps in (("val_bpd", [0, 1, 2, 3]), ("train_bpd", [1, 2, 3])):  # once each: nobody trained twice
+        assert sorted(m.step for m in c.get_metric_history(run_id, key)) == steps, key
 
 
 def test_a_run_held_by_a_live_process_is_refused_and_left_alone(tmp_path, tracking, capsys):

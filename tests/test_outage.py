@@ -17,6 +17,7 @@ from test_resume import REPO, TIMING_METRICS, tiny_args  # (tests/ is on sys.pat
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 ROOT = REPO.parent / "shared/data/mnist-10k"
+UNTRAINED = ("val_bpd", "val_nats", "elapsed_hours")  # also logged at step 0, once
 
 
 def free_port() -> int:
@@ -96,9 +97,10 @@ def assert_complete(uri: str, run_id: str, epochs: int) -> None:
     assert {"train_bpd", "val_bpd", "test_bpd", "lr", *TIMING_METRICS} <= set(run.data.metrics)
     for key in run.data.metrics:
         h = c.get_metric_history(run_id, key)
-        assert sorted(m.step for m in h) == list(range(1, epochs + 1)), key  # none lost, none twice
+        steps = list(range(0 if key in UNTRAINED else 1, epochs + 1))  # step 0: the untrained model
+        assert sorted(m.step for m in h) == steps, key  # none lost, none twice
         by_time = [m.step for m in sorted(h, key=lambda m: (m.timestamp, m.step))]
-        assert by_time == list(range(1, epochs + 1)), key  # logged in order
+        assert by_time == steps, key  # logged in order
     assert run.data.params["train.epochs"] == str(epochs) and "data_checksum" in run.data.params
     images = [a.path for a in c.list_artifacts(run_id, "images") if a.path.endswith(".png")]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == list(range(1, epochs + 1))

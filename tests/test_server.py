@@ -117,4 +117,4 @@ def test_a_run_killed_and_resumed_on_a_server(server, tmp_path):
     c = MlflowClient(server.uri)
     run = c.get_run(run_id)
     assert run.info.status == "FINISHED" and "pixelexp.resumed_at" in run.data.tags
-    assert sorted(m.step for m in c.get_metric_history(run_id, "val_bpd")) == [1, 2, 3]  # none lost, none twice
+    assert sorted(m.step for m in c.get_metric_history(run_id, "val_bpd")) == [0, 1, 2, 3]  # none lost, none twice

@@ -171,10 +171,21 @@ class Config:
         """{"train.lr": 0.001, ...}: the form MLflow params take."""
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
+    def compared(self) -> dict[str, Any]:
+        """The settings that shape a run's numbers (model, data, optimizer, seeds, precision):
+        its MLflow params, the columns a comparison of runs reads. Settings of how it runs
+        (device, checkpoints, fast paths, samples) are left to its config.yaml."""
+        return {k: v for k, v in self.flat().items() if k not in HOW_IT_RUNS}
+
     def replace(self, **dotted: Any) -> Config:
         """A copy with some dotted keys changed (checked like any other layer)."""
         return resolve([self.flat(), dotted], ["defaults", "replace()"])
 
+
+HOW_IT_RUNS = frozenset({
+    "data.root", "model.impl", "train.device", "train.eval_batch_size", "train.checkpoint_minutes",
+    "train.keep_checkpoints", "train.deterministic", "train.compile", "train.channels_last", "train.cuda_graphs",
+    "track.sample_every", "track.sample_count"})  # same numbers whatever their values (to rounding)
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
 

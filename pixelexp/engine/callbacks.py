@@ -28,6 +28,10 @@ class Callback:
     def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first batch (after `restore`: then `trainer.resumed`)."""
 
+    def on_untrained(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """At the start of a new run (not a resumed one): the untrained model's validation
+        metrics, as step 0 of the curves (`elapsed_hours` 0)."""
+
     def on_metrics(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         """Once per epoch, after its evaluation. May end the run by raising (a pruned trial)."""
 
@@ -86,4 +90,15 @@ class EachEpoch(Callback):
         self.fn = fn
 
     def on_metrics(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        self.fn(epoch, metrics)
+
+
+class AfterEpoch(Callback):
+    """`fn(epoch, metrics)` once an epoch is over: trained, evaluated, tracked and sampled
+    (an experiment's whole-study progress line)."""
+
+    def __init__(self, fn: Callable[[int, dict[str, float]], None]):
+        self.fn = fn
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         self.fn(epoch, metrics)

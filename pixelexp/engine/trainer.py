@@ -126,6 +126,8 @@ class Trainer:
         log.info(self.describe())
         if signals.requested() is not None:  # a signal between two runs of an experiment
             raise self.interrupt()
+        if not self.resumed and len(self.data.val):
+            self._call("on_untrained", self.evaluate_untrained())
         try:
             while self.pos.epoch <= self.cfg.train.epochs:
                 result.metrics = self.run_epoch()
@@ -266,6 +268,42 @@ class Trainer:
             m["skipped_batches"] = float(pos.skipped)
         pos.history.append({"epoch": pos.epoch, **m})
         pos.elapsed += epoch_s
+        return m
+
+    def time_epoch(self, steps: int = 3) -> float:
+        """Seconds an epoch should take here (training and evaluation), from `steps` training
+        steps on the first batch after one to warm up. They train this trainer's model:
+        use it on a throwaway one."""
+        data, bs = self.data, self.cfg.train.batch_size
+        idx = torch.arange(min(bs, len(data.train)))
+        x = data.train_batch(idx, torch.Generator().manual_seed(0)).to(self.device)
+        y = data.train_labels[idx].to(self.device) if self.model.conditional else None
+        scale = 1.0 / (len(idx) * math.prod(data.image_shape) * LN2)
+        self.net.train()
+        seconds = []
+        for _ in range(steps + 1):
+            t0 = time.perf_counter()
+            nats = self.grad_step(x, y, scale)
+            self.update(nats.detach().sum().item(), len(idx))  # .item(): the step has finished
+            seconds.append(time.perf_counter() - t0)
+        step = sorted(seconds[1:])[len(seconds[1:]) // 2]  # the median, after the warm-up
+        evaluation = (len(data.val) + len(data.test)) / len(idx) * step / 3  # a forward is ~1/3 of a step
+        return math.ceil(len(data.train) / bs) * step + evaluation
+
+    def evaluate_untrained(self) -> dict[str, float]:
+        """The validation NLL before the first step: where the by-epoch and by-hour curves
+        start (step 0, `elapsed_hours` 0). Its time is not counted in `elapsed_hours`."""
+        data = self.data
+        stop = (lambda: False) if self.ctx.active else (lambda: signals.requested() is not None)
+        try:
+            val = evaluate(self.model, data.val, self.cfg.train.eval_batch_size, self.device, data.val_labels,
+                           self.ctx, stop, self.eval_step)
+        except StopEval:
+            raise self.interrupt() from None
+        m = {"val_bpd": bits_per_dim(val, math.prod(data.image_shape)), "elapsed_hours": 0.0}
+        if data.levels == 2:
+            m["val_nats"] = val
+        log.info(f"[{self.label}] epoch 0/{self.cfg.train.epochs}  bits/dim val {m['val_bpd']:.4f} (untrained)")
         return m
 
     def next_epoch(self) -> None:

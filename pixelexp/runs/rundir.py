@@ -26,6 +26,7 @@ from pixelexp.engine.checkpoint import CheckpointDir
 from pixelexp.errors import UserError
 
 CONFIG = "config.yaml"  # the run's resolved config: in its folder, and its MLflow artifact
+SAMPLES = "samples"  # sample grids, samples/epoch-005.png: in its folder, and its MLflow artifact folder
 CHECKPOINTS = "checkpoints"  # the folder of its checkpoints, and their MLflow artifact folder
 LAST = "last.pt"  # MLflow: the newest checkpoint
 BEST = "best.pt"  # folder and MLflow: the checkpoint of the epoch chosen on validation
@@ -97,6 +98,14 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.path / CONFIG
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES
+
+    def sample_file(self, epoch: int) -> Path:
+        """samples/epoch-005.png: the grid drawn after that epoch (also the artifact's name)."""
+        return self.samples / f"epoch-{epoch:03d}.png"
 
     @property
     def checkpoints(self) -> Path:

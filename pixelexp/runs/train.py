@@ -30,6 +30,7 @@ from pixelexp.engine.build import (
     set_deterministic,
 )
 from pixelexp.engine.callbacks import (
+    AfterEpoch,
     Callback,
     EachEpoch,
     SampleGrids,
@@ -38,23 +39,25 @@ from pixelexp.engine.distributed import broadcast
 from pixelexp.engine.distributed import setup as setup_distributed
 from pixelexp.engine.trainer import NonFiniteLoss, RunResult, Trainer
 from pixelexp.errors import CheckpointError, ConfigError
-from pixelexp.images import to_grid
+from pixelexp.images import save_png, to_grid
 from pixelexp.runs import provenance, rundir
 
 
 def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        after_epoch: Callable[[int, dict[str, float]], None] | None = None,
         resume: checkpoint.Checkpoint | None = None) -> RunResult:
     """Train and evaluate one config. `log` is a tracking.RunLog, or None to track nothing
     (and write no checkpoints). `resume`: a checkpoint (checkpoint.load) of this run to
     continue from. `on_epoch(epoch, metrics)` is called after each epoch's evaluation (a
-    sweep reports to Optuna there, and may stop the run by raising optuna.TrialPruned)."""
+    sweep reports to Optuna there, and may stop the run by raising optuna.TrialPruned);
+    `after_epoch(epoch, metrics)` once the epoch is over, samples drawn."""
     ctx = setup_distributed()
     device = pick_device(cfg.train.device)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     if not ctx.main:  # only rank 0 tracks and talks
-        log, progress, on_epoch = None, False, None
+        log, progress, on_epoch, after_epoch = None, False, None, None
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     set_deterministic(cfg.train.deterministic)
     try:
@@ -66,11 +69,12 @@ def run(cfg: Config, log=None, *, label: str = "run", progress: bool = True,
         if log is not None:
             callbacks.append(TrackRun(log))
         if ctx.main:
-            sink = None if log is None else lambda epoch, images: log.log_image(
-                to_grid(images, data.levels), key="samples", step=epoch)
+            sink = None if log is None else lambda epoch, images: log_samples(log, images, data.levels, epoch)
             callbacks.append(SampleGrids(cfg.track.sample_count, cfg.track.sample_every, cfg.train.seed, sink))
         if on_epoch is not None:
             callbacks.append(EachEpoch(on_epoch))
+        if after_epoch is not None:
+            callbacks.append(AfterEpoch(after_epoch))
         trainer = Trainer(cfg, data, model, device=device, ctx=ctx, callbacks=callbacks, label=label,
                           progress=progress, run_id=getattr(log, "run_id", None),
                           checkpoints=log.run_dir.checkpoint_dir(cfg.train.keep_checkpoints) if log else None)
@@ -100,6 +104,9 @@ class TrackRun(Callback):
             log_reproducibility(self.log, trainer)
         self.log.run_dir.claim()
 
+    def on_untrained(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.log.log_metrics(metrics, step=0)
+
     def on_metrics(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         self.log.log_metrics(metrics, step=epoch)
 
@@ -114,13 +121,25 @@ class TrackRun(Callback):
         self.log.set_tags({"pixelexp.nan_step": error.step, "pixelexp.last_checkpoint": str(latest or "none")})
 
 
+def log_samples(log, images: torch.Tensor, levels: int, epoch: int) -> None:
+    """A sample grid twice: as MLflow's image of key `samples` at step `epoch` (the UI's
+    image chart, with a slider over epochs) and as the readable `samples/epoch-005.png`."""
+    grid = to_grid(images, levels)
+    log.log_image(grid, key="samples", step=epoch)
+    path = save_png(grid, log.run_dir.sample_file(epoch))
+    log.log_artifact(path, rundir.SAMPLES, name=path.name)
+
+
 def log_reproducibility(log, trainer: Trainer) -> None:
-    """Everything needed to run it again: the resolved config, data checksum, seed (params),
-    code (git commit and diff), packages (pip freeze), machine."""
+    """Everything needed to run it again: the settings compared across runs (params), the
+    whole resolved config (config.yaml), data checksum (param) and location (tag), code (git
+    commit and diff), packages (pip freeze), machine."""
     cfg, data, device = trainer.cfg, trainer.data, trainer.device
-    log.log_params({**cfg.flat(), **data.summary(), "n_parameters": trainer.n_parameters})
+    summary = data.summary()
+    where = {"data_location": summary.pop("data_location")}  # a path of this machine
+    log.log_params({**cfg.compared(), **summary, "n_parameters": trainer.n_parameters})
     git = provenance.git_state()
-    log.set_tags({"data_source": data.source, "device": str(device),
+    log.set_tags({**where, "data_source": data.source, "device": str(device),
                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   "torch_version": str(torch.__version__), "pixelexp.model": cfg.model.name,
                   "python_version": platform.python_version(), "host": platform.node(), **git})
@@ -140,6 +159,15 @@ def preflight(cfg: Config) -> None:
     device = pick_device(cfg.train.device)
     data = load_data(cfg.data)
     check_fits(cfg, data.image_shape, data.levels, data.num_classes, device)  # builds it on the meta device
+
+
+def time_epoch(cfg: Config, steps: int = 3) -> float:
+    """Seconds one epoch of `cfg` should take on this machine (training and evaluation),
+    from a few training steps of a throwaway model; nothing is tracked or written."""
+    device = pick_device(cfg.train.device)
+    data = load_data(cfg.data)
+    model = make_model(cfg, data.image_shape, data.levels, data.num_classes).to(device)
+    return Trainer(cfg, data, model, device=device, progress=False).time_epoch(steps)
 
 
 def check_resumable(cfg: Config, ckpt: checkpoint.Checkpoint, data: DataSplits) -> None:

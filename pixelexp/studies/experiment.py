@@ -27,7 +27,8 @@ from pixelexp.engine.trainer import RunResult
 from pixelexp.errors import UserError
 from pixelexp.runs import provenance, tracking
 from pixelexp.runs.rundir import RunDir
-from pixelexp.runs.train import preflight, run
+from pixelexp.runs.train import preflight, run, time_epoch
+from pixelexp.studies.progress import StudyClock, Variant
 
 
 @dataclass
@@ -44,6 +45,26 @@ def check_variants(exp: Experiment) -> None:
     """Every variant's device, data and model, before the parent run exists."""
     for v in exp.variants:
         preflight(v.config)
+
+
+def variant_changes(exp: Experiment) -> dict[str, str]:
+    """What sets each variant apart: the settings in which the variants differ, as
+    `model.name=pixel_rnn, model.hidden_dims=16` (the description of its run)."""
+    flat = {v.name: v.config.flat() for v in exp.variants}
+    keys = sorted({k for f in flat.values() for k in f if len({repr(g.get(k)) for g in flat.values()}) > 1})
+    return {name: ", ".join(f"{k}={f.get(k)}" for k in keys) or "the experiment's only variant"
+            for name, f in flat.items()}
+
+
+def study_clock(exp: Experiment, previous: dict, timed: bool) -> StudyClock:
+    """The clock of the variants still to run; with `timed`, each variant's epoch timed from
+    a few steps first, and the study's first estimate printed."""
+    todo = [v for v in exp.variants if not (v.name in previous and previous[v.name].status == "FINISHED")]
+    clock = StudyClock([Variant(v.name, v.config.train.epochs, v.config.train.epochs,
+                                time_epoch(v.config) if timed else None) for v in todo])
+    if clock.estimate_line():
+        log.info(clock.estimate_line())
+    return clock
 
 
 def find_unfinished(tracker: tracking.Tracker, name: str, sha: str, overrides: str,
@@ -83,6 +104,8 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 run(v.config, None, label=v.name, progress=False)
         return ExperimentResult(exp, "", {}, {}, None, "")
     tracker = tracking.Tracker(exp.name)
+    tracker.describe(exp.description or f"experiment file {exp.path.name}",
+                     epochs=max(v.config.train.epochs for v in exp.variants))
     git = provenance.git_state()
     sha = hashlib.sha256(exp.path.read_bytes()).hexdigest()
     over = " ".join(overrides) or "(none)"
@@ -93,7 +116,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                  f"`--fresh` starts a new one")
     else:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        parent = tracker.start_run(f"{exp.name} {stamp}", tags={
+        parent = tracker.start_run(f"{exp.name} {stamp}", study=True, tags={
             "pixelexp.kind": "experiment", "pixelexp.experiment_file": str(exp.path),
             "pixelexp.experiment_sha": sha, "pixelexp.overrides": over, "pixelexp.world_size": ctx.world, **git,
             **({"mlflow.note.content": exp.description} if exp.description else {})})
@@ -107,6 +130,8 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
         for c in tracker.child_runs(parent.run_id):  # oldest first: later ones win
             previous[c.tags.get("pixelexp.variant")] = c
     child_ids, results = {}, {}
+    changes = variant_changes(exp)
+    clock = study_clock(exp, previous, timed=not ctx.active)
     with parent:
         for v in exp.variants:
             old = previous.get(v.name)
@@ -120,6 +145,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 check_can_resume(tracker, old.run_id)
                 ckpt = prepare(tracker, old.run_id, v.config)
                 log.info(f"[{v.name}] resuming run {old.run_id} from {ckpt.where if ckpt else 'the start'}")
+                clock.resumed(v.name, ckpt.epoch if ckpt else 0)
                 child = tracker.reopen(old.run_id)
                 child.seed_from_store()
             else:
@@ -127,10 +153,13 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 signals.check(f"before variant {v.name} started")  # between variants: no empty child run
                 child = tracker.start_run(v.name, parent=parent, tags={
                     "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git,
+                    "mlflow.note.content": f"variant {v.name} of experiment {exp.name}: {changes[v.name]}",
                     **{f"published.{k}": val for k, val in v.published.items()}})
             child_ids[v.name] = child.run_id
+            clock.started(v.name)
             with child:
-                results[v.name] = run(v.config, child, label=v.name, progress=progress, resume=ckpt)
+                results[v.name] = run(v.config, child, label=v.name, progress=progress, resume=ckpt,
+                                      after_epoch=lambda epoch, m, name=v.name: log.info(clock.epoch_done(name, epoch)))
     report_dir = None
     if report:
         from pixelexp.studies.report import make_report
@@ -148,5 +177,5 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
         log.info(f"  {name:<20} {rid}  {chosen_line(results[name].metrics)}")
     if report_dir:
         log.info(f"report:         {report_dir}/report.md")
-    log.info("browse it:      make ui   (then open http://127.0.0.1:5000)")
+    log.info(f"browse it:      make ui, then open {tracker.view_url(tracking.ui_address())}")
     return ExperimentResult(exp, parent.run_id, child_ids, results, report_dir, tracker.uri)

@@ -257,7 +257,8 @@ def run_trial(sweep: Sweep, study, trial, tracker, parent) -> None:
     cfg = resolve([sweep.base.flat(), values], ["sweep base", f"trial {trial.number}"])
     child = tracker.start_run(f"trial-{trial.number}", parent=parent, tags={
         "pixelexp.kind": "trial", "optuna.study": sweep.name, "optuna.trial": trial.number,
-        "optuna.state": "running", **({"optuna.retry_of": trial.user_attrs["retry_of"]}
+        "optuna.state": "running", "mlflow.note.content": f"trial {trial.number} of sweep {sweep.name}: "
+        + ", ".join(f"{k}={v}" for k, v in values.items()), **({"optuna.retry_of": trial.user_attrs["retry_of"]}
                                       if "retry_of" in trial.user_attrs else {})})
     trial.set_user_attr("mlflow_run_id", child.run_id)
 
@@ -309,9 +310,11 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
     url = storage_url(sweep, workers, storage)
     store = open_store(sweep, url)
     tracker = tracking.Tracker(f"sweep-{sweep.name}")
+    tracker.describe(sweep.description or f"Optuna study {sweep.name} ({sweep.path.name})",
+                     epochs=sweep.base.train.epochs)
     parent_id = store.study.user_attrs.get("mlflow_parent_run_id")
     if parent_id is None or not tracker.has_run(parent_id):
-        parent = tracker.start_run(f"sweep {sweep.name}", journal=False, tags={
+        parent = tracker.start_run(f"sweep {sweep.name}", journal=False, study=True, tags={
             "pixelexp.kind": "sweep", "optuna.study": sweep.name, "optuna.storage": url,
             "pixelexp.sweep_file": str(sweep.path), **provenance.git_state()})
         parent.log_params({"n_trials": sweep.n_trials, "metrics": ",".join(sweep.metrics),
@@ -391,6 +394,8 @@ def finish(sweep: Sweep, study, tracker, parent_id: str, url: str, report: bool)
     elif best:
         log.info(f"Pareto front: trials {best['pareto_trials']}")
     log.info(f"MLflow:       {tracker.uri}, experiment sweep-{sweep.name}, parent run {parent_id}")
+    from pixelexp.runs.tracking import ui_address
+    log.info(f"browse it:    make ui, then open {tracker.view_url(ui_address())}")
     if report_dir:
         log.info(f"report:       {report_dir}/report.md")
     return {"study": study, "parent_run_id": parent_id, "summary": summary, **best}

@@ -44,6 +44,15 @@ def tracking_uri() -> str:
     return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def ui_address() -> str:
+    """Where the MLflow UI of the store is: the tracking server itself, or what `make ui`
+    serves (http://127.0.0.1:5000, or the port in PIXELEXP_UI_PORT)."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return f"http://127.0.0.1:{os.environ.get('PIXELEXP_UI_PORT') or 5000}"
+
+
 def tracking_wait() -> float:
     """Seconds a finished run waits for the tracking store to take its records."""
     text = os.environ.get("PIXELEXP_TRACKING_WAIT", "300")
@@ -57,4 +66,4 @@ def tracking_wait() -> float:
     return wait
 
 
-__all__ = ["MLFLOW_DEFAULTS", "tracking_uri", "tracking_wait"]
+__all__ = ["MLFLOW_DEFAULTS", "tracking_uri", "tracking_wait", "ui_address"]

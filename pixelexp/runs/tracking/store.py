@@ -27,6 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 
 from pixelexp.errors import UserError, cause
+from pixelexp.runs.tracking import ui
 from pixelexp.runs.tracking.keys import MAX_KEY, clean_tags, clip
 from pixelexp.runs.tracking.runlog import RunLog
 from pixelexp.runs.tracking.settings import tracking_uri, tracking_wait
@@ -149,10 +150,24 @@ class Tracker:
 
     # ---------------------------------------------------------------- writing
 
+    def describe(self, description: str = "", epochs: int = 1) -> None:
+        """Make the experiment open in MLflow's UI on its runs, with this description and
+        pixelexp's saved chart view (see `ui`; its sample grids open on epoch `epochs`);
+        `view_url` is its address."""
+        for key, value in ui.experiment_tags(clip(description, 5000), epochs).items():
+            self.client.set_experiment_tag(self.experiment_id, key, value)
+
+    def view_url(self, base: str) -> str:
+        return ui.view_url(base, self.experiment_id)
+
     def start_run(self, name: str, parent: RunLog | str | None = None, tags: dict | None = None,
-                  journal: bool = True) -> RunLog:
-        """A new run of this experiment (a child of `parent`, a RunLog or run id, if given)."""
+                  journal: bool = True, study: bool = False) -> RunLog:
+        """A new run of this experiment (a child of `parent`, a RunLog or run id, if given).
+        A run that trains is labelled with its name (the UI view's groups); a `study` run
+        (the parent of an experiment's or sweep's runs) is not."""
         all_tags = {**(tags or {})}
+        if not study:
+            all_tags[ui.GROUP_TAG] = name
         if parent is not None:
             all_tags["mlflow.parentRunId"] = parent if isinstance(parent, str) else parent.run_id
         run = self.client.create_run(self.experiment_id, run_name=clip(name, MAX_KEY), tags=clean_tags(all_tags))
@@ -211,6 +226,17 @@ class Tracker:
     def child_runs(self, parent_id: str) -> list[RunInfo]:
         """The children of a run, oldest first."""
         return self.find_runs(f"tags.`mlflow.parentRunId` = '{parent_id}'", ascending=True)
+
+
+def experiments(uri: str | None = None) -> list[tuple[str, str]]:
+    """(id, name) of each active experiment of the store, oldest first. One without
+    pixelexp's saved chart view (made before it existed) gets it here."""
+    client = open_client(uri)
+    found = client.search_experiments(order_by=["creation_time ASC"])
+    for e in found:
+        if ui.VIEW_TAG not in e.tags:
+            client.set_experiment_tag(e.experiment_id, ui.VIEW_TAG, ui.view_tag_value())
+    return [(e.experiment_id, e.name) for e in found]
 
 
 def metric_history(run_id: str, keys: Iterable[str], uri: str | None = None) -> pd.DataFrame:
