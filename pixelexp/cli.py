@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--fresh", action="store_true",
                    help="start a new parent run even if an unfinished one of the same file and settings exists")
+    e.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local (default), or slurm: submit it as one Slurm job and wait for it")
+    e.add_argument("--nodes", type=int, default=1, help="with --launcher slurm: nodes (default 1)")
+    e.add_argument("--gpus", type=int, default=0, help="with --launcher slurm: GPUs per node, one process each")
+    e.add_argument("--tasks-per-node", type=int, default=None,
+                   help="with --launcher slurm: processes per node (default: --gpus, else 1)")
     e.set_defaults(func=cmd_experiment)
 
     c = sub.add_parser("resume", help="continue a killed or crashed run from its last checkpoint (same run id)")
@@ -71,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n-trials", type=int, help="override the file's n_trials")
     w.add_argument("--storage", help="Optuna storage URL (default: the file's, else SQLite / journal)")
     w.add_argument("--no-report", action="store_true")
+    w.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local processes (default), or slurm: --workers jobs of one Slurm job array")
     w.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--parent", help=argparse.SUPPRESS)
     w.set_defaults(func=cmd_sweep)
@@ -115,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     u.add_argument("--port", type=int, default=None, help="port (default 5000, or PIXELEXP_UI_PORT)")
     u.set_defaults(func=cmd_ui)
+
+    j = sub.add_parser("jobs", help="the Slurm jobs submitted from here, their state, runs and trials")
+    j.add_argument("--last", type=int, default=20, help="how many of the newest submissions (default 20)")
+    j.set_defaults(func=cmd_jobs)
+
+    k = sub.add_parser("cancel", help="cancel the Slurm jobs submitted from here (or the ones named)")
+    k.add_argument("jobs", nargs="*", help="job ids (default: every submitted job still queued or running)")
+    k.set_defaults(func=cmd_cancel)
 
     f = sub.add_parser("receptive-field", help="picture which inputs reach one pixel (from gradients)")
     f.add_argument("model", help="model name, e.g. pixel_cnn, gated_pixel_cnn, diagonal_bilstm")
@@ -222,7 +238,19 @@ def cmd_train(args) -> None:
 
 
 def cmd_experiment(args) -> None:
-    """Run every variant of an experiment file."""
+    """Run every variant of an experiment file (or submit it to Slurm)."""
+    if args.launcher == "slurm":
+        for flag, n, least in (("--nodes", args.nodes, 1), ("--gpus", args.gpus, 0),
+                               ("--tasks-per-node", args.tasks_per_node or 1, 1)):
+            if n < least:
+                raise UserError(f"{flag} must be >= {least}, got {n}")
+        from pixelexp.studies.experiment import submit_experiment
+        submit_experiment(args.experiment, args.overrides, nodes=args.nodes, gpus=args.gpus,
+                          per_node=args.tasks_per_node, report=not args.no_report, fresh=args.fresh)
+        return
+    if (args.nodes, args.gpus, args.tasks_per_node) != (1, 0, None):
+        raise UserError("--nodes, --gpus and --tasks-per-node go with --launcher slurm (LAUNCHER=slurm); "
+                        "on this machine use GPUS=N (torchrun)")
     from pixelexp.studies.experiment import run_experiment
     run_experiment(args.experiment, args.overrides, report=not args.no_report,
                    progress=not args.quiet, fresh=args.fresh)
@@ -239,7 +267,21 @@ def cmd_sweep(args) -> None:
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials must be >= 1, got {args.n_trials}")
     sweep.run_sweep(args.sweep, args.overrides, workers=args.workers, storage=args.storage,
-                    report=not args.no_report, n_trials=args.n_trials)
+                    report=not args.no_report, n_trials=args.n_trials, launcher=args.launcher)
+
+
+def cmd_jobs(args) -> None:
+    """List the Slurm jobs submitted from here."""
+    from pixelexp.console import log
+    from pixelexp.studies.jobs import list_jobs
+    for line in list_jobs(max(1, args.last)):
+        log.info(line)
+
+
+def cmd_cancel(args) -> None:
+    """Cancel Slurm jobs submitted from here."""
+    from pixelexp.studies.jobs import cancel_jobs
+    cancel_jobs(args.jobs)
 
 
 def cmd_report(args) -> None:

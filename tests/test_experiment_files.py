@@ -38,7 +38,11 @@ def tiny_imagenet(root: Path, size: int) -> Path:
     return root
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+HEAVY = ("paper_imagenet32", "paper_cifar10")  # RGB at the paper's depth: about a minute each on a CPU
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p for p in FILES],
+                         ids=[p.stem for p in FILES])
 def test_experiment_file_runs_a_quick_cpu_variant(path, tracking, tmp_path, mnist10k):
     exp = load_experiment(path)
     names = {v.config.data.name for v in exp.variants}

@@ -18,6 +18,7 @@ from test_resume import REPO, TIMING_METRICS, tiny_args  # (tests/ is on sys.pat
 MLFLOW = Path(sys.executable).parent / "mlflow"
 ROOT = REPO.parent / "shared/data/mnist-10k"
 UNTRAINED = ("val_bpd", "val_nats", "elapsed_hours")  # also logged at step 0, once
+pytestmark = pytest.mark.slow  # a real server stopped and started: about a minute each
 
 
 def free_port() -> int:

@@ -125,6 +125,7 @@ def check_like_reference(reference, folder: Path, run_id: str) -> None:
     assert len(kept) == 2  # train.keep_checkpoints
 
 
+@pytest.mark.slow
 def test_reference_run_is_complete(reference):
     h = reference["history"]
     assert {"train_bpd", "val_bpd", "test_bpd", "train_nats", "lr", "epoch_seconds"} <= set(h)
@@ -133,6 +134,7 @@ def test_reference_run_is_complete(reference):
     assert h["val_bpd"][2][1] < h["val_bpd"][0][1]
 
 
+@pytest.mark.slow
 def test_sigkill_at_five_random_moments_then_resume_is_exact(reference, tmp_path):
     rng = random.Random(5)
     p = launch(tmp_path, "train", *tiny_args(reference["root"]))
@@ -158,6 +160,7 @@ def test_sigkill_at_five_random_moments_then_resume_is_exact(reference, tmp_path
     check_like_reference(reference, tmp_path, run_id)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_writes_a_checkpoint_marks_killed_and_resume_is_exact(reference, tmp_path, sig, code):
     p = launch(tmp_path, "train", *tiny_args(reference["root"]))
@@ -182,6 +185,7 @@ def test_a_signal_writes_a_checkpoint_marks_killed_and_resume_is_exact(reference
     check_like_reference(reference, tmp_path, run_id)
 
 
+@pytest.mark.slow
 def test_rerun_starts_a_new_run_from_the_same_config(reference, tmp_path):
     import shutil
     for name in ("mlflow.db", "mlartifacts", "runs"):
@@ -352,6 +356,7 @@ def test_resume_refuses_bad_checkpoints_with_one_line_and_writes_nothing(killed_
     assert main(["resume", "f" * 32]) == 2
 
 
+@pytest.mark.slow
 def test_rerunning_a_killed_experiment_continues_it(tmp_path):
     if not (REPO.parent / "shared/data/mnist-10k/train-images-idx3-ubyte.gz").exists():
         pytest.skip("real digits not found")

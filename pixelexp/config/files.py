@@ -51,9 +51,10 @@ class Experiment:
     path: Path
     description: str
     variants: tuple[Variant, ...]
+    slurm: Any = None  # the file's slurm: block, as written (checked by pixelexp.studies.slurm)
 
 
-EXPERIMENT_KEYS = ("name", "description", "base", "variants")
+EXPERIMENT_KEYS = ("name", "description", "base", "variants", "slurm")
 
 
 def yaml_path(name_or_path: str, folder: str) -> Path:
@@ -208,7 +209,7 @@ def load_experiment(path: str | Path, overrides: list[str] | dict | None = None)
         own = flatten({k: x for k, x in v.items() if k not in ("name", "published")}, where)
         cfg = resolve([base, own, cli], [f"{at} (base)", where, "command line"])
         variants.append(Variant(vname, cfg, _published(v.get("published"), where)))
-    return Experiment(name, p, str(tree.get("description") or ""), tuple(variants))
+    return Experiment(name, p, str(tree.get("description") or ""), tuple(variants), tree.get("slurm"))
 
 
 def _variant_names(raw: list, at: str) -> list[str]:

@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pixelexp.config import Experiment, load_experiment, yaml_path
+from pixelexp.config import Experiment, load_experiment, shown_path, yaml_path
 from pixelexp.console import log
 from pixelexp.engine import signals
 from pixelexp.engine.distributed import broadcast
 from pixelexp.engine.distributed import setup as setup_distributed
 from pixelexp.engine.metrics import chosen_line
 from pixelexp.engine.trainer import RunResult
-from pixelexp.errors import UserError
+from pixelexp.errors import Interrupted, UserError
 from pixelexp.runs import provenance, tracking
 from pixelexp.runs.rundir import RunDir
 from pixelexp.runs.train import preflight, run, time_epoch
+from pixelexp.studies import slurm
 from pixelexp.studies.progress import StudyClock, Variant
 
 
@@ -67,6 +68,12 @@ def study_clock(exp: Experiment, previous: dict, timed: bool) -> StudyClock:
     return clock
 
 
+def slurm_tag() -> dict[str, str]:
+    """{"slurm.job": id} for a run started by a Slurm job (`pixelexp jobs` finds it by that)."""
+    job = slurm.worker_job()
+    return {"slurm.job": job} if job else {}
+
+
 def find_unfinished(tracker: tracking.Tracker, name: str, sha: str, overrides: str,
                     world: int) -> tracking.RunInfo | None:
     """The newest parent run of this file content and overrides if it did not finish, held
@@ -91,10 +98,47 @@ def find_unfinished(tracker: tracking.Tracker, name: str, sha: str, overrides: s
     return None
 
 
+def load(path: str | Path, overrides: list[str]) -> tuple[Experiment, list[str], slurm.SlurmOptions]:
+    """The experiment file with its overrides -> (experiment, the run's overrides, its Slurm
+    options: the file's slurm: block, then the slurm.<key>= overrides), all checked."""
+    overrides, slurm_overrides = slurm.split_overrides(list(overrides))
+    exp = load_experiment(yaml_path(str(path), "experiments"), overrides)
+    return exp, overrides, slurm.slurm_options(exp.slurm, slurm_overrides, shown_path(exp.path))
+
+
+def submit_experiment(path: str | Path, overrides: list[str] | None = None, *, nodes: int = 1, gpus: int = 0,
+                      per_node: int | None = None, report: bool = True, fresh: bool = False) -> str:
+    """Submit the experiment as one Slurm job of `nodes` nodes, `per_node` processes each
+    (default: `gpus`, else 1) under torchrun, and wait for it -> the job id. Requeued, the
+    job runs the same command, which continues the parent run."""
+    exp, overrides, opts = load(path, list(overrides or []))
+    opts = replace(opts, gpus=gpus or opts.gpus)
+    per_node = per_node or opts.gpus or 1
+    slurm.require_shared_stores(None, tracking.tracking_uri())
+    if fresh:
+        raise UserError("--fresh with LAUNCHER=slurm would start a new parent run at every requeue; "
+                        "give the experiment other overrides, or run it once locally with --fresh")
+    args = ["experiment", str(exp.path.resolve()), *overrides, "--quiet", *([] if report else ["--no-report"])]
+    text = slurm.experiment_script(f"pixelexp-{exp.name}", opts, nodes, per_node, args)
+    job = slurm.submit(f"experiment-{exp.name}", text, {"kind": "experiment", "experiment": exp.name,
+                                                        "nodes": nodes, "per_node": per_node})
+    try:
+        final = slurm.wait(job)
+    except (Interrupted, KeyboardInterrupt):
+        log.warning(f"Slurm job {job} goes on without this process: `python -m pixelexp jobs` shows it, "
+                    f"`python -m pixelexp cancel` stops it")
+        raise
+    state = final.get(job, "UNKNOWN")
+    if state != "COMPLETED":
+        raise UserError(f"Slurm job {job} ended {state.lower()}; its output is in "
+                        f"{slurm.jobs_file().parent}/pixelexp-{exp.name}-{job}.out")
+    log.info(f"Slurm job {job} completed: experiment {exp.name} in {tracking.tracking_uri()}")
+    return job
+
+
 def run_experiment(path: str | Path, overrides: list[str] | None = None, *, report: bool = True,
                    progress: bool = True, fresh: bool = False) -> ExperimentResult:
-    overrides = list(overrides or [])
-    exp = load_experiment(yaml_path(str(path), "experiments"), overrides)
+    exp, overrides, _ = load(path, list(overrides or []))
     check_variants(exp)
     signals.check("during start-up; nothing was written")
     ctx = setup_distributed()
@@ -119,6 +163,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
         parent = tracker.start_run(f"{exp.name} {stamp}", study=True, tags={
             "pixelexp.kind": "experiment", "pixelexp.experiment_file": str(exp.path),
             "pixelexp.experiment_sha": sha, "pixelexp.overrides": over, "pixelexp.world_size": ctx.world, **git,
+            **slurm_tag(),
             **({"mlflow.note.content": exp.description} if exp.description else {})})
         parent.log_params({"variants": ",".join(v.name for v in exp.variants), "overrides": over})
         parent.log_text((exp.path.read_text()), f"experiment/{exp.path.name}")
@@ -152,7 +197,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 ckpt = None
                 signals.check(f"before variant {v.name} started")  # between variants: no empty child run
                 child = tracker.start_run(v.name, parent=parent, tags={
-                    "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git,
+                    "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git, **slurm_tag(),
                     "mlflow.note.content": f"variant {v.name} of experiment {exp.name}: {changes[v.name]}",
                     **{f"published.{k}": val for k, val in v.published.items()}})
             child_ids[v.name] = child.run_id

@@ -73,7 +73,8 @@ class StudyClock:
             return ""
         per = ", ".join(f"{v.name} {duration(v.estimate)}" for v in timed)
         total = sum(v.estimate * v.epochs for v in timed)
-        return (f"study: {len(self.variants)} variants, roughly {duration(total)} on this machine "
+        n = len(self.variants)
+        return (f"study: {n} variant{'s' if n != 1 else ''}, roughly {duration(total)} on this machine "
                 f"(an epoch, from its first timed steps: {per}; samples and checkpoints add a little)")
 
     def resumed(self, name: str, epochs_done: int) -> None:

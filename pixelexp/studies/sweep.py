@@ -30,6 +30,7 @@ from pixelexp.console import log
 from pixelexp.engine import signals
 from pixelexp.errors import Interrupted, TrackingOutage, UserError, cause
 from pixelexp.runs.rundir import process_alive, this_process
+from pixelexp.studies import slurm
 from pixelexp.studies.sweep_file import Param, Sweep, load_sweep
 from pixelexp.studies.sweep_workers import run_workers
 
@@ -135,6 +136,7 @@ def open_study(sweep: Sweep, url: str):
 
 
 WORKER_ATTR = "pixelexp_worker"  # "host:pid" of the process running a trial
+SLURM_ATTR = "slurm_job"  # the Slurm job (array task) of that process, when it is one
 
 
 def requeue(study, trial) -> None:
@@ -224,6 +226,8 @@ def work(sweep: Sweep, store: Store, tracker, parent_id: str, deadline: float | 
             store.study.sampler = make_sampler(sweep, trial_seed(sweep, number))
             trial = trial_object(store.study, trial_id)
             trial.set_user_attr(WORKER_ATTR, me)
+            if slurm.worker_job():
+                trial.set_user_attr(SLURM_ATTR, slurm.worker_job())
             run_trial(sweep, store.study, trial, tracker, parent)
         done += 1
     return done
@@ -257,7 +261,8 @@ def run_trial(sweep: Sweep, study, trial, tracker, parent) -> None:
     cfg = resolve([sweep.base.flat(), values], ["sweep base", f"trial {trial.number}"])
     child = tracker.start_run(f"trial-{trial.number}", parent=parent, tags={
         "pixelexp.kind": "trial", "optuna.study": sweep.name, "optuna.trial": trial.number,
-        "optuna.state": "running", "mlflow.note.content": f"trial {trial.number} of sweep {sweep.name}: "
+        "optuna.state": "running", **({"slurm.job": slurm.worker_job()} if slurm.worker_job() else {}),
+        "mlflow.note.content": f"trial {trial.number} of sweep {sweep.name}: "
         + ", ".join(f"{k}={v}" for k, v in values.items()), **({"optuna.retry_of": trial.user_attrs["retry_of"]}
                                       if "retry_of" in trial.user_attrs else {})})
     trial.set_user_attr("mlflow_run_id", child.run_id)
@@ -296,18 +301,26 @@ def run_trial(sweep: Sweep, study, trial, tracker, parent) -> None:
 
 
 def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int = 1,
-              storage: str | None = None, report: bool = True, n_trials: int | None = None) -> dict:
+              storage: str | None = None, report: bool = True, n_trials: int | None = None,
+              launcher: str = "local") -> dict:
+    """Run (or resume) the study: its trials in this process (`workers` 1), in `workers`
+    processes on this machine, or (`launcher` "slurm") in a Slurm job array of `workers`
+    workers, waited for here."""
     from pixelexp.runs import provenance, tracking
     from pixelexp.runs.train import preflight
 
     overrides = list(overrides or [])
     sweep = load_sweep(path, overrides)
     sweep = sweep if n_trials is None else replace(sweep, n_trials=n_trials)
-    # Bad data or a base model that cannot run stops us before any write; a trial whose
-    # sizes do not fit the machine fails alone (its run says why), the others go on.
-    preflight(sweep.base)
-    signals.check("during start-up; nothing was written")
     url = storage_url(sweep, workers, storage)
+    if launcher == "slurm":
+        slurm.require_shared_stores(url, tracking.tracking_uri())
+    else:
+        # Bad data or a base model that cannot run stops us before any write; a trial whose
+        # sizes do not fit the machine fails alone (its run says why), the others go on.
+        # (A login node checks no data: the workers' nodes read it.)
+        preflight(sweep.base)
+    signals.check("during start-up; nothing was written")
     store = open_store(sweep, url)
     tracker = tracking.Tracker(f"sweep-{sweep.name}")
     tracker.describe(sweep.description or f"Optuna study {sweep.name} ({sweep.path.name})",
@@ -333,7 +346,15 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
              + f"; MLflow parent run {parent_id}")
     deadline = None if sweep.timeout is None else time.time() + sweep.timeout
     try:
-        if workers <= 1:
+        if launcher == "slurm":
+            if counted(store.study) - _finished(store.study) > 0:
+                slurm_workers(sweep, overrides, workers, url, parent_id)
+            close_dead_runs(tracker, recover(store))
+            left = counted(store.study) - _finished(store.study)
+            if left:
+                log.info(f"{left} trials are not finished: the workers ended before them (their output is in "
+                         f"{slurm.jobs_file().parent}/); the same command submits workers for them")
+        elif workers <= 1:
             work(sweep, store, tracker, parent_id, deadline)
         else:
             run_workers(sweep, overrides, workers, url, parent_id)
@@ -347,6 +368,31 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
             log.warning(f"the sweep's parent run {parent_id} could not be marked KILLED ({type(outage).__name__})")
         raise
     return finish(sweep, store.study, tracker, parent_id, url, report)
+
+
+def _finished(study) -> int:
+    """Trials that ended and count (complete, pruned, failed and not retried)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return sum(1 for t in trials if t.number not in retried and t.state.is_finished())
+
+
+def slurm_workers(sweep: Sweep, overrides: list[str], workers: int, url: str, parent_id: str) -> None:
+    """Submit `workers` sweep workers as one Slurm job array and wait for it. An interrupt
+    here leaves the workers running (their jobs are independent of this process)."""
+    args = ["sweep", str(sweep.path.resolve()), *overrides, "--worker", "--storage", url, "--parent", parent_id]
+    text = slurm.sweep_workers_script(f"pixelexp-sweep-{sweep.name}", workers, sweep.slurm, args)
+    job = slurm.submit(f"sweep-{sweep.name}", text, {"kind": "sweep", "sweep": sweep.name,
+                                                     "sweep_file": str(sweep.path.resolve()), "storage": url,
+                                                     "parent_run": parent_id, "workers": workers})
+    try:
+        final = slurm.wait(job)
+    except (Interrupted, KeyboardInterrupt):
+        log.warning(f"Slurm job {job} goes on without this process: `python -m pixelexp jobs` shows it, "
+                    f"`python -m pixelexp cancel` stops it; the same command waits for the study again")
+        raise
+    ended = ", ".join(f"{k} {v.lower()}" for k, v in sorted(final.items()))
+    log.info(f"Slurm job {job} ended: {ended or 'no state left in Slurm'}")
 
 
 def worker_main(path: str, overrides: list[str], url: str, parent_id: str) -> None:

@@ -13,6 +13,7 @@ its own overrides, the search space, the metric(s) and direction(s), `n_trials`,
     n_trials: 20
     sampler: {type: tpe, seed: 0}   # tpe, random, cmaes, grid
     pruner: {type: median}          # median, hyperband, none
+    slurm: {partition: gpu, gpus: 1} # LAUNCHER=slurm: each worker's job (pixelexp.studies.slurm)
 """
 
 
@@ -38,9 +39,10 @@ from pixelexp.config import (
     yaml_path,
 )
 from pixelexp.errors import ConfigError
+from pixelexp.studies.slurm import SlurmOptions, slurm_options, split_overrides
 
 SWEEP_KEYS = ("description", "experiment", "variant", "overrides", "space", "metric", "direction",
-              "objectives", "directions", "n_trials", "timeout", "sampler", "pruner", "storage", "heartbeat")
+              "objectives", "directions", "n_trials", "timeout", "sampler", "pruner", "storage", "heartbeat", "slurm")
 METRICS = ("val_bpd", "best_val_bpd", "train_bpd", "val_nats", "best_val_nats", "train_nats", "epoch_seconds",
            "images_per_second")
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -90,6 +92,7 @@ class Sweep:
     storage: str | None
     description: str = ""
     heartbeat: float = 30.0  # seconds between a worker's heartbeats on a database storage
+    slurm: SlurmOptions = SlurmOptions()  # for LAUNCHER=slurm: the slurm: block, then slurm.<key>= overrides
 
     @property
     def multi(self) -> bool:
@@ -226,6 +229,7 @@ SEED_MAX = 2**32 - 1  # NumPy's seeds, which Optuna's samplers use
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     p = yaml_path(str(path), "sweeps")
     tree = read_yaml(p, "sweep")
+    overrides, slurm_overrides = split_overrides(list(overrides or []))
     where = shown_path(p)
     for k in tree:
         if k not in SWEEP_KEYS:
@@ -290,8 +294,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if storage is not None and (not isinstance(storage, str) or not storage.strip()):
         raise ConfigError(f"{where}: storage={shown(storage)} must be a URL such as sqlite:///optuna.db (or null)")
     heartbeat = _seconds(tree, "heartbeat", 30, 1, where)
+    slurm = slurm_options(tree.get("slurm"), slurm_overrides, where)
     return Sweep(name, p, base, space, tuple(metrics), tuple(directions), n_trials, timeout, sampler, pruner,
-                 storage, str(tree.get("description") or ""), heartbeat)
+                 storage, str(tree.get("description") or ""), heartbeat, slurm)
 
 
 def _experiment_path(name: str, sweep_path: Path) -> Path:
