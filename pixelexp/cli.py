@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--settings", help="comma-separated: 1, 2 (rnn_vs_cnn's sizes; default both; --quick: 1)")
     b.add_argument("--sample-n", type=int, help="images per sampling timing (default 100 on a GPU, 16 on a CPU, "
                                                 "8 with --quick)")
+    b.add_argument("--quality", action="store_true",
+                   help="time to quality instead: training seconds until the test NLL reaches --targets "
+                        "(pixel_cnn, pixel_rnn, gated_pixel_cnn; first of --batches, --precisions)")
+    b.add_argument("--targets", default="100,95", help="with --quality: test nats per image (default 100,95)")
+    b.add_argument("--max-epochs", type=int, default=50, help="with --quality: at most this many epochs (default 50)")
+    b.add_argument("--budget", type=float, default=120.0,
+                   help="with --quality: at most this many training seconds per model (default 120)")
     b.set_defaults(func=cmd_bench)
 
     u = sub.add_parser("ui", help="serve the MLflow UI of the store; print each experiment's chart view")
@@ -160,7 +167,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         f"{args.command} --help`")
     args.overrides = overrides
     args.argv = argv
-    if overrides and args.command not in TAKES_SETTINGS:
+    if overrides and args.command not in TAKES_SETTINGS and not (args.command == "bench" and args.quality):
         raise UserError(f"{args.command} takes no key=value settings (got {overrides[0]!r})")
     return args
 
@@ -346,12 +353,33 @@ def cmd_bench(args) -> None:
         raise UserError(f"bench --batches must be positive, got {args.batches!r}")
     if args.sample_n is not None and args.sample_n < 1:
         raise UserError(f"bench --sample-n must be >= 1, got {args.sample_n}")
+    if args.quality:
+        quality(args, models, batches)
+        return
     run_bench(quick=args.quick, device=args.device, out=args.out, models=models, compile_=args.compile,
               graphs=args.graphs, sample=not args.no_sample, impl=args.impl,
               command="python -m pixelexp " + " ".join(args.argv), batches=batches,
               precisions=_listed(args.precisions, {"fp32": "fp32", "bf16": "bf16"}, "--precisions"),
               images=_listed(args.images, {"gray28": "28x28 gray", "rgb32": "32x32 rgb"}, "--images"),
               sets=_listed(args.settings, {"1": 1, "2": 2}, "--settings"), sample_n=args.sample_n)
+
+
+def quality(args, models: tuple[str, ...], batches: tuple[int, ...] | None) -> None:
+    """bench --quality: time to quality of the models it knows."""
+    from pixelexp.tools.quality import QUALITY_MODELS, run_quality
+    try:
+        targets = tuple(float(t) for t in args.targets.split(","))
+    except ValueError:
+        raise UserError(f"bench --targets takes nats like 100,95, got {args.targets!r}") from None
+    if args.max_epochs < 1 or args.budget <= 0:
+        raise UserError(f"bench --max-epochs must be >= 1 and --budget > 0, got {args.max_epochs}, {args.budget}")
+    chosen = tuple(m for m in models if m in QUALITY_MODELS)
+    if not chosen:
+        raise UserError(f"bench --quality times {', '.join(QUALITY_MODELS)}; --models names none of them")
+    precisions = _listed(args.precisions, {"fp32": "fp32", "bf16": "bf16"}, "--precisions")
+    run_quality(args.device, args.out, targets, chosen, batch_size=(batches or (256,))[0],
+                precision=precisions[0] if precisions else "auto", impl=args.impl, max_epochs=args.max_epochs,
+                budget=args.budget, overrides=args.overrides, command="python -m pixelexp " + " ".join(args.argv))
 
 
 def cmd_ui(args) -> None:

@@ -77,3 +77,51 @@ def test_bench_stops_at_the_first_sigterm(tmp_path):
     assert proc.wait(timeout=30) == -signal.SIGTERM
     assert time.monotonic() - t < 10
 
+
+
+def test_time_to_quality_records_when_each_target_is_first_reached(tmp_path, mnist10k, monkeypatch):
+    """`bench --quality` on a sliver of the digits: every model's curve of test nats by
+    training seconds, and for each target the first epoch at or below it."""
+    import json
+
+    from pixelexp.cli import main
+    monkeypatch.setenv("PIXELEXP_DATA", str(mnist10k))
+    tiny = ["data.train_limit=60", "data.val_size=10", "data.test_limit=30", "model.hidden_dims=4",
+            "model.recurrent_length=1", "model.out_hidden_dims=8", "train.precision=fp32"]
+    assert main(["bench", "--quality", "--device", "cpu", "--batches", "20", "--targets", "1000,0",
+                 "--max-epochs", "2", "--budget", "600", "--out", str(tmp_path), *tiny]) == 0
+    (js,) = tmp_path.glob("*-quality.json")
+    r = json.loads(js.read_text())
+    assert [x["model"] for x in r["results"]] == ["pixel_cnn", "pixel_rnn", "gated_pixel_cnn"]
+    for x in r["results"]:
+        assert [c["epoch"] for c in x["curve"]] == [1, 2]  # 0 nats is never reached: both epochs run
+        seconds = [c["train_seconds"] for c in x["curve"]]
+        assert 0 < seconds[0] < seconds[1] and x["curve"][1]["elapsed_seconds"] >= seconds[1]
+        first = next(c for c in x["curve"] if c["test_nats"] <= 1000)
+        assert x["reached"] == {"1000.0": {k: first[k] for k in ("epoch", "train_seconds", "elapsed_seconds")}}
+        assert x["config"]["model.name"] == x["model"] and x["n_parameters"] > 0
+    md = js.with_suffix(".md").read_text()
+    assert "| pixel_rnn |" in md and "not reached" in md
+    assert main(["bench", "--quality", "--targets", "lots"]) == 2
+
+
+def test_the_readme_speed_tables_are_generated_from_reports_bench(tmp_path):
+    """The README quotes reports/bench/ through scripts/speed_table.py only: a figure changed
+    in a result file (or typed into the README) makes them differ."""
+    import importlib.util
+    import json
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("speed_table", repo / "scripts" / "speed_table.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    readme = (repo / "README.md").read_text()
+    assert st.with_tables(readme, st.tables()) == readme, "run python scripts/speed_table.py"
+    assert "| pixel_rnn | [1] | 28x28 gray | 256 | fp32 | 2,058 (4.3x) |" in readme
+    copy = tmp_path / "bench"
+    shutil.copytree(repo / "reports" / "bench", copy)
+    (f := copy / "nvidia-h200.json").write_text(f.read_text().replace('"train_ips": 2058', '"train_ips": 2158', 1))
+    json.loads(f.read_text())
+    assert st.with_tables(readme, st.tables(copy)) != readme

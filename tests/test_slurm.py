@@ -302,6 +302,15 @@ def test_make_cancel_stops_a_submitted_job(on_cluster, tmp_path, capsys):
     assert main(["cancel"]) == 0 and "no submitted job is queued or running" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_a_submission_slurm_refuses_is_one_line(on_cluster, tmp_path, capsys):
+    f = experiment_file(tmp_path, "nowhere", epochs=1)
+    assert main(["experiment", str(f), "--launcher", "slurm", "slurm.partition=nowhere"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sbatch refused" in err and "partition" in err.lower(), err
+    assert slurm.recorded() == [] and not list((tmp_path / "runs" / "slurm").glob("*.sbatch"))  # nothing left
+
+
 def test_slurm_refuses_stores_other_nodes_cannot_share(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -37,7 +37,7 @@ from typing import Any
 
 from pixelexp.config import did_you_mean, shown
 from pixelexp.console import log
-from pixelexp.errors import ConfigError, UserError, cause
+from pixelexp.errors import ConfigError, UserError
 from pixelexp.runs.rundir import runs_root
 
 SLURM_KEYS = ("partition", "account", "time", "gpus", "cpus", "mem", "sbatch")
@@ -176,8 +176,10 @@ def submit(name: str, text: str, record: dict) -> str:
     path.write_text(text)
     done = subprocess.run([sbatch, "--parsable", str(path)], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
-        raise UserError(f"sbatch refused {path}: {(done.stderr or done.stdout).strip().splitlines()[-1:]}; "
-                        f"check the slurm options (slurm.partition, slurm.account, ...)")
+        said = ((done.stderr or done.stdout).strip().splitlines() or ["no reason given"])[-1]
+        path.unlink(missing_ok=True)  # not submitted: no script left to mistake for a job's
+        raise UserError(f"sbatch refused the job: {said}; check the slurm options (slurm.partition, "
+                        f"slurm.account, ...)")
     job = done.stdout.strip().split(";")[0]
     with jobs_file().open("a") as f:
         f.write(json.dumps({"job": job, "name": name, "script": str(path), "cwd": str(Path.cwd()),
@@ -264,7 +266,8 @@ def cancel(jobs: list[str]) -> list[str]:
     if active:
         done = subprocess.run(["scancel", *active], capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
-            raise UserError(f"scancel failed: {cause(RuntimeError(done.stderr.strip() or 'no reason given'))}")
+            said = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+            raise UserError(f"scancel {' '.join(active)} failed: {said}")
     return active
 
 
