@@ -24,7 +24,7 @@ from pixelexp.engine.distributed import broadcast
 from pixelexp.engine.distributed import setup as setup_distributed
 from pixelexp.engine.metrics import chosen_line
 from pixelexp.engine.trainer import RunResult
-from pixelexp.errors import Interrupted, UserError
+from pixelexp.errors import UserError
 from pixelexp.runs import provenance, tracking
 from pixelexp.runs.rundir import RunDir
 from pixelexp.runs.train import preflight, run, time_epoch
@@ -66,12 +66,6 @@ def study_clock(exp: Experiment, previous: dict, timed: bool) -> StudyClock:
     if clock.estimate_line():
         log.info(clock.estimate_line())
     return clock
-
-
-def slurm_tag() -> dict[str, str]:
-    """{"slurm.job": id} for a run started by a Slurm job (`pixelexp jobs` finds it by that)."""
-    job = slurm.worker_job()
-    return {"slurm.job": job} if job else {}
 
 
 def find_unfinished(tracker: tracking.Tracker, name: str, sha: str, overrides: str,
@@ -120,14 +114,8 @@ def submit_experiment(path: str | Path, overrides: list[str] | None = None, *, n
                         "give the experiment other overrides, or run it once locally with --fresh")
     args = ["experiment", str(exp.path.resolve()), *overrides, "--quiet", *([] if report else ["--no-report"])]
     text = slurm.experiment_script(f"pixelexp-{exp.name}", opts, nodes, per_node, args)
-    job = slurm.submit(f"experiment-{exp.name}", text, {"kind": "experiment", "experiment": exp.name,
-                                                        "nodes": nodes, "per_node": per_node})
-    try:
-        final = slurm.wait(job)
-    except (Interrupted, KeyboardInterrupt):
-        log.warning(f"Slurm job {job} goes on without this process: `python -m pixelexp jobs` shows it, "
-                    f"`python -m pixelexp cancel` stops it")
-        raise
+    job, final = slurm.submit_and_wait(f"experiment-{exp.name}", text, {
+        "kind": "experiment", "experiment": exp.name, "nodes": nodes, "per_node": per_node})
     state = final.get(job, "UNKNOWN")
     if state != "COMPLETED":
         raise UserError(f"Slurm job {job} ended {state.lower()}; its output is in "
@@ -163,7 +151,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
         parent = tracker.start_run(f"{exp.name} {stamp}", study=True, tags={
             "pixelexp.kind": "experiment", "pixelexp.experiment_file": str(exp.path),
             "pixelexp.experiment_sha": sha, "pixelexp.overrides": over, "pixelexp.world_size": ctx.world, **git,
-            **slurm_tag(),
+            **slurm.job_tag(),
             **({"mlflow.note.content": exp.description} if exp.description else {})})
         parent.log_params({"variants": ",".join(v.name for v in exp.variants), "overrides": over})
         parent.log_text((exp.path.read_text()), f"experiment/{exp.path.name}")
@@ -197,7 +185,7 @@ def run_experiment(path: str | Path, overrides: list[str] | None = None, *, repo
                 ckpt = None
                 signals.check(f"before variant {v.name} started")  # between variants: no empty child run
                 child = tracker.start_run(v.name, parent=parent, tags={
-                    "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git, **slurm_tag(),
+                    "pixelexp.kind": "variant", "pixelexp.variant": v.name, **git, **slurm.job_tag(),
                     "mlflow.note.content": f"variant {v.name} of experiment {exp.name}: {changes[v.name]}",
                     **{f"published.{k}": val for k, val in v.published.items()}})
             child_ids[v.name] = child.run_id

@@ -30,7 +30,7 @@ def _experiment_lines(record: dict) -> list[str]:
     """The parent run the job started and its variants' runs."""
     try:
         tracker = tracking.Tracker(record["experiment"], create=False)
-        parents = [r for r in tracker.parent_runs() if r.tags.get("slurm.job") == str(record["job"])]
+        parents = [r for r in tracker.parent_runs() if r.tags.get(slurm.JOB_TAG) == str(record["job"])]
     except Exception as e:  # noqa: BLE001
         return [f"    (MLflow not readable: {type(e).__name__})"]
     out = []

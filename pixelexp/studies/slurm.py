@@ -45,6 +45,7 @@ _TIME = re.compile(r"^(\d+|\d+:\d{1,2}(:\d{1,2})?|\d+-\d+(:\d{1,2}){0,2})$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
 _WORD = re.compile(r"^[A-Za-z0-9_.,:@+-]+$")
 RDZV_PORT = 29500  # torchrun's rendezvous on the job's first node
+JOB_TAG = "slurm.job"  # MLflow tag of a run started by a Slurm job: its job (or array task) id
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,18 @@ def submit(name: str, text: str, record: dict) -> str:
     return job
 
 
+def submit_and_wait(name: str, text: str, record: dict) -> tuple[str, dict[str, str]]:
+    """`submit`, then `wait` -> (job id, final states). An interrupt here leaves the job
+    running (it does not depend on this process) and says how to follow or stop it."""
+    job = submit(name, text, record)
+    try:
+        return job, wait(job)
+    except BaseException:
+        log.warning(f"Slurm job {job} goes on without this process: `python -m pixelexp jobs` shows it, "
+                    f"`python -m pixelexp cancel` stops it")
+        raise
+
+
 def sweep_workers_script(name: str, workers: int, opts: SlurmOptions, worker_args: list[str]) -> str:
     """A job array of `workers` sweep workers, each `python -m pixelexp sweep ... --worker`."""
     threads = 'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}"'
@@ -271,6 +284,12 @@ def cancel(jobs: list[str]) -> list[str]:
     return active
 
 
+def job_tag() -> dict[str, str]:
+    """{JOB_TAG: this process's job} for a run a Slurm job starts (`pixelexp jobs` finds it by it)."""
+    job = worker_job()
+    return {JOB_TAG: job} if job else {}
+
+
 def worker_job() -> str | None:
     """This process's Slurm job ('<array job>_<task>' for an array task), if it is one."""
     job = os.environ.get("SLURM_JOB_ID")
@@ -281,4 +300,5 @@ def worker_job() -> str | None:
 
 
 __all__ = ["SLURM_KEYS", "SlurmOptions", "slurm_options", "split_overrides", "require_shared_stores", "submit",
-           "sweep_workers_script", "experiment_script", "states", "wait", "recorded", "cancel", "worker_job"]
+           "submit_and_wait", "sweep_workers_script", "experiment_script", "states", "wait", "recorded", "cancel",
+           "job_tag", "worker_job", "JOB_TAG"]

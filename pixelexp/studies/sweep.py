@@ -188,11 +188,16 @@ def close_dead_runs(tracker, trials: list) -> list:
     return trials
 
 
-def counted(study) -> int:
+def _counting(study) -> list:
     """Trials that use up one of the n_trials: all but the failed ones that were retried."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    return sum(1 for t in trials if t.number not in retried)
+    return [t for t in trials if t.number not in retried]
+
+
+def counted(study) -> int:
+    """How many trials use up one of the n_trials."""
+    return len(_counting(study))
 
 
 def top_up(study, n_trials: int) -> int:
@@ -261,7 +266,7 @@ def run_trial(sweep: Sweep, study, trial, tracker, parent) -> None:
     cfg = resolve([sweep.base.flat(), values], ["sweep base", f"trial {trial.number}"])
     child = tracker.start_run(f"trial-{trial.number}", parent=parent, tags={
         "pixelexp.kind": "trial", "optuna.study": sweep.name, "optuna.trial": trial.number,
-        "optuna.state": "running", **({"slurm.job": slurm.worker_job()} if slurm.worker_job() else {}),
+        "optuna.state": "running", **slurm.job_tag(),
         "mlflow.note.content": f"trial {trial.number} of sweep {sweep.name}: "
         + ", ".join(f"{k}={v}" for k, v in values.items()), **({"optuna.retry_of": trial.user_attrs["retry_of"]}
                                       if "retry_of" in trial.user_attrs else {})})
@@ -371,26 +376,17 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, workers: int
 
 
 def _finished(study) -> int:
-    """Trials that ended and count (complete, pruned, failed and not retried)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    return sum(1 for t in trials if t.number not in retried and t.state.is_finished())
+    """Counted trials that ended (complete, pruned, or failed and not retried)."""
+    return sum(1 for t in _counting(study) if t.state.is_finished())
 
 
 def slurm_workers(sweep: Sweep, overrides: list[str], workers: int, url: str, parent_id: str) -> None:
-    """Submit `workers` sweep workers as one Slurm job array and wait for it. An interrupt
-    here leaves the workers running (their jobs are independent of this process)."""
+    """Submit `workers` sweep workers as one Slurm job array and wait for it."""
     args = ["sweep", str(sweep.path.resolve()), *overrides, "--worker", "--storage", url, "--parent", parent_id]
     text = slurm.sweep_workers_script(f"pixelexp-sweep-{sweep.name}", workers, sweep.slurm, args)
-    job = slurm.submit(f"sweep-{sweep.name}", text, {"kind": "sweep", "sweep": sweep.name,
-                                                     "sweep_file": str(sweep.path.resolve()), "storage": url,
-                                                     "parent_run": parent_id, "workers": workers})
-    try:
-        final = slurm.wait(job)
-    except (Interrupted, KeyboardInterrupt):
-        log.warning(f"Slurm job {job} goes on without this process: `python -m pixelexp jobs` shows it, "
-                    f"`python -m pixelexp cancel` stops it; the same command waits for the study again")
-        raise
+    job, final = slurm.submit_and_wait(f"sweep-{sweep.name}", text, {
+        "kind": "sweep", "sweep": sweep.name, "sweep_file": str(sweep.path.resolve()), "storage": url,
+        "parent_run": parent_id, "workers": workers})
     ended = ", ".join(f"{k} {v.lower()}" for k, v in sorted(final.items()))
     log.info(f"Slurm job {job} ended: {ended or 'no state left in Slurm'}")
 
